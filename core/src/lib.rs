@@ -1,0 +1,11 @@
+//! bfx-core: the vocabulary the bfx trainer and daemon share.
+//!
+//! - [`naming`]: acquisition file names to plate, well, site and channel.
+//! - [`image`]: TIFF and PNG planes, with limits against decompression bombs.
+//! - [`preprocess`]: one implementation from files to model input.
+//! - [`bundle`]: the model bundle manifest, the trainer/daemon contract.
+
+pub mod bundle;
+pub mod image;
+pub mod naming;
+pub mod preprocess;
