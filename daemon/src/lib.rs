@@ -1,1 +1,9 @@
-//! placeholder
+//! bfx-daemon: turns a screening microscope's images into batch-corrected
+//! embeddings while the plate is being imaged.
+//!
+//! This crate holds the service's building blocks; the binary `bfx-daemon`
+//! wires them together.
+
+pub mod check;
+pub mod model_input;
+pub mod runtime;

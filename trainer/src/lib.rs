@@ -1,1 +1,4 @@
-//! placeholder
+//! bfx-trainer: fits batch-effect-robust models on microscopy screens with
+//! Candle and exports them as bundles for bfx-daemon.
+
+pub mod data;

@@ -5,6 +5,7 @@
 //! PNG. Every failure is an [`ImageError`] naming the file; no byte
 //! sequence makes the reader panic or allocate past [`ReadLimits`].
 
+mod lzw_fallback;
 mod png_reader;
 mod tiff_reader;
 

@@ -6,6 +6,7 @@ use std::io::{Cursor, ErrorKind};
 use tiff::decoder::{Decoder, DecodingResult, Limits};
 use tiff::{ColorType, TiffError};
 
+use super::lzw_fallback;
 use super::{ImageErrorKind, Pages, Pixels, Plane, ReadOptions, check_pixels, plane};
 
 pub(super) fn decode(bytes: &[u8], options: &ReadOptions) -> Result<Vec<Plane>, ImageErrorKind> {
@@ -27,11 +28,15 @@ pub(super) fn decode(bytes: &[u8], options: &ReadOptions) -> Result<Vec<Plane>, 
         if !matches!(color, ColorType::Gray(8 | 16 | 32)) {
             return Err(ImageErrorKind::Unsupported(format!("{color:?} pixels")));
         }
-        let pixels = match decoder.read_image().map_err(from_tiff)? {
-            DecodingResult::U8(v) => Pixels::U8(v),
-            DecodingResult::U16(v) => Pixels::U16(v),
-            DecodingResult::F32(v) => Pixels::F32(v),
-            other => return Err(ImageErrorKind::Unsupported(sample_name(&other).to_owned())),
+        let pixels = match decoder.read_image() {
+            Ok(DecodingResult::U8(v)) => Pixels::U8(v),
+            Ok(DecodingResult::U16(v)) => Pixels::U16(v),
+            Ok(DecodingResult::F32(v)) => Pixels::F32(v),
+            Ok(other) => return Err(ImageErrorKind::Unsupported(sample_name(&other).to_owned())),
+            Err(e) if e.to_string().contains(lzw_fallback::TRIGGER) => {
+                lzw_fallback::decode_page(&mut decoder, bytes, width, height).ok_or_else(|| from_tiff(e))?
+            }
+            Err(e) => return Err(from_tiff(e)),
         };
         let page = plane(width, height, pixels)?;
         if let Some(first) = planes.first()
