@@ -90,13 +90,19 @@ pub struct WatchConfig {
     #[serde(default)]
     pub mode: WatchMode,
     /// Time between rescans (default 10s).
-    #[serde(default = "WatchConfig::default_poll_interval", with = "humantime_serde")]
+    #[serde(
+        default = "WatchConfig::default_poll_interval",
+        with = "humantime_serde"
+    )]
     pub poll_interval: Duration,
     /// A file is ready when its size and mtime have not changed for this long (default 2s).
     #[serde(default = "WatchConfig::default_settle", with = "humantime_serde")]
     pub settle: Duration,
     /// How long an unreadable file is retried before it is quarantined (default 10m).
-    #[serde(default = "WatchConfig::default_read_deadline", with = "humantime_serde")]
+    #[serde(
+        default = "WatchConfig::default_read_deadline",
+        with = "humantime_serde"
+    )]
     pub read_deadline: Duration,
 }
 
@@ -136,7 +142,10 @@ pub struct AssembleConfig {
 
 impl Default for AssembleConfig {
     fn default() -> Self {
-        AssembleConfig { layout: SiteLayout::default(), site_timeout: Duration::from_secs(600) }
+        AssembleConfig {
+            layout: SiteLayout::default(),
+            site_timeout: Duration::from_secs(600),
+        }
     }
 }
 
@@ -176,7 +185,11 @@ pub struct BatchConfig {
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        BatchConfig { max_size: 32, max_delay: Duration::from_secs(2), queue_capacity: 64 }
+        BatchConfig {
+            max_size: 32,
+            max_delay: Duration::from_secs(2),
+            queue_capacity: 64,
+        }
     }
 }
 
@@ -232,7 +245,12 @@ pub struct CorrectionConfig {
 
 impl Default for CorrectionConfig {
     fn default() -> Self {
-        CorrectionConfig { mode: CorrectionMode::None, adabn_min_sites: 64, adabn_sample_sites: 256, ist_styles: 1 }
+        CorrectionConfig {
+            mode: CorrectionMode::None,
+            adabn_min_sites: 64,
+            adabn_sample_sites: 256,
+            ist_styles: 1,
+        }
     }
 }
 
@@ -253,7 +271,12 @@ pub struct PlateConfig {
 
 impl Default for PlateConfig {
     fn default() -> Self {
-        PlateConfig { completion_marker: None, expected_sites: None, layout_csv: None, quiet_period: Duration::from_secs(1800) }
+        PlateConfig {
+            completion_marker: None,
+            expected_sites: None,
+            layout_csv: None,
+            quiet_period: Duration::from_secs(1800),
+        }
     }
 }
 
@@ -270,7 +293,10 @@ pub struct CommitConfig {
 
 impl Default for CommitConfig {
     fn default() -> Self {
-        CommitConfig { max_rows: 1024, max_interval: Duration::from_secs(5) }
+        CommitConfig {
+            max_rows: 1024,
+            max_interval: Duration::from_secs(5),
+        }
     }
 }
 
@@ -284,7 +310,9 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 9464)) }
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
     }
 }
 
@@ -299,13 +327,20 @@ impl DaemonConfig {
     /// Check ranges and cross-key rules.
     pub fn validate(&self) -> Result<(), Invalid> {
         if self.watch.roots.is_empty() {
-            return Err(Invalid::new("daemon.watch.roots", "must list at least one acquisition folder"));
+            return Err(Invalid::new(
+                "daemon.watch.roots",
+                "must list at least one acquisition folder",
+            ));
         }
         NamingScheme::new(&self.naming).map_err(|e| {
             let key = match e {
-                NamingSpecError::MissingPattern | NamingSpecError::UnexpectedPattern(_) => "daemon.naming.preset",
+                NamingSpecError::MissingPattern | NamingSpecError::UnexpectedPattern(_) => {
+                    "daemon.naming.preset"
+                }
                 NamingSpecError::ZeroDirLevel => "daemon.naming.plate_from_dir",
-                NamingSpecError::BadRegex(_) | NamingSpecError::BadGroups(_) => "daemon.naming.pattern",
+                NamingSpecError::BadRegex(_) | NamingSpecError::BadGroups(_) => {
+                    "daemon.naming.pattern"
+                }
             };
             Invalid::new(key, format!("is invalid: {e}"))
         })?;
@@ -319,16 +354,40 @@ impl DaemonConfig {
         at_least("daemon.image.max_pages", self.image.max_pages, 1)?;
         positive("daemon.assemble.site_timeout", self.assemble.site_timeout)?;
         if self.quarantine.mode == QuarantineMode::Move && self.quarantine.dir.is_none() {
-            return Err(Invalid::new("daemon.quarantine.dir", "is required when daemon.quarantine.mode = \"move\""));
+            return Err(Invalid::new(
+                "daemon.quarantine.dir",
+                "is required when daemon.quarantine.mode = \"move\"",
+            ));
         }
         at_least("daemon.batch.max_size", self.batch.max_size, 1)?;
         positive("daemon.batch.max_delay", self.batch.max_delay)?;
         at_least("daemon.batch.queue_capacity", self.batch.queue_capacity, 1)?;
-        at_least("daemon.inference.intra_op_threads", self.inference.intra_op_threads, 1)?;
-        at_least("daemon.correction.adabn_min_sites", self.correction.adabn_min_sites, 1)?;
-        at_least("daemon.correction.adabn_sample_sites", self.correction.adabn_sample_sites, self.correction.adabn_min_sites)
-            .map_err(|i| Invalid::new(i.key, format!("{} (daemon.correction.adabn_min_sites)", i.problem)))?;
-        at_least("daemon.correction.ist_styles", self.correction.ist_styles, 1)?;
+        at_least(
+            "daemon.inference.intra_op_threads",
+            self.inference.intra_op_threads,
+            1,
+        )?;
+        at_least(
+            "daemon.correction.adabn_min_sites",
+            self.correction.adabn_min_sites,
+            1,
+        )?;
+        at_least(
+            "daemon.correction.adabn_sample_sites",
+            self.correction.adabn_sample_sites,
+            self.correction.adabn_min_sites,
+        )
+        .map_err(|i| {
+            Invalid::new(
+                i.key,
+                format!("{} (daemon.correction.adabn_min_sites)", i.problem),
+            )
+        })?;
+        at_least(
+            "daemon.correction.ist_styles",
+            self.correction.ist_styles,
+            1,
+        )?;
         if let Some(n) = self.plate.expected_sites {
             at_least("daemon.plate.expected_sites", n, 1)?;
         }
@@ -351,9 +410,13 @@ impl DaemonConfig {
         resolve(base, &mut self.bundle);
         resolve(base, &mut self.store);
         self.watch.roots.iter_mut().for_each(|r| resolve(base, r));
-        for p in [&mut self.quarantine.dir, &mut self.inference.onnxruntime_library, &mut self.plate.layout_csv]
-            .into_iter()
-            .flatten()
+        for p in [
+            &mut self.quarantine.dir,
+            &mut self.inference.onnxruntime_library,
+            &mut self.plate.layout_csv,
+        ]
+        .into_iter()
+        .flatten()
         {
             resolve(base, p);
         }

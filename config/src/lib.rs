@@ -38,7 +38,9 @@ pub enum ConfigError {
         message: String,
     },
     /// The table this program needs is absent.
-    #[error("{path}: no [{section}] table; see config/examples/{section}.toml for a complete example")]
+    #[error(
+        "{path}: no [{section}] table; see config/examples/{section}.toml for a complete example"
+    )]
     MissingSection {
         /// The file.
         path: PathBuf,
@@ -69,12 +71,19 @@ pub struct Invalid {
 impl Invalid {
     /// A problem with `key`.
     pub fn new(key: impl Into<String>, problem: impl Into<String>) -> Invalid {
-        Invalid { key: key.into(), problem: problem.into() }
+        Invalid {
+            key: key.into(),
+            problem: problem.into(),
+        }
     }
 }
 
 /// Fail with "`key` must be >= `min`, got `value`".
-pub(crate) fn at_least<T: PartialOrd + std::fmt::Display>(key: &str, value: T, min: T) -> Result<(), Invalid> {
+pub(crate) fn at_least<T: PartialOrd + std::fmt::Display>(
+    key: &str,
+    value: T,
+    min: T,
+) -> Result<(), Invalid> {
     if value < min {
         return Err(Invalid::new(key, format!("must be >= {min}, got {value}")));
     }
@@ -108,16 +117,26 @@ fn parse<T: DeserializeOwned>(text: &str, path: &Path) -> Result<T, ConfigError>
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_owned(), source })
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn invalid(path: &Path) -> impl FnOnce(Invalid) -> ConfigError + '_ {
-    move |i| ConfigError::Invalid { path: path.to_owned(), key: i.key, problem: i.problem }
+    move |i| ConfigError::Invalid {
+        path: path.to_owned(),
+        key: i.key,
+        problem: i.problem,
+    }
 }
 
 /// The folder relative paths in `path` are resolved against.
 fn base_dir(path: &Path) -> PathBuf {
-    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned()
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_owned()
 }
 
 /// Resolve `p` against `base` unless it is absolute.
@@ -129,9 +148,13 @@ pub(crate) fn resolve(base: &Path, p: &mut PathBuf) {
 
 /// Parse and validate the `[daemon]` table of `text`, as if read from `path`.
 pub fn parse_daemon(text: &str, path: &Path) -> Result<DaemonConfig, ConfigError> {
-    let mut config = parse::<DaemonFile>(text, path)?
-        .daemon
-        .ok_or(ConfigError::MissingSection { path: path.to_owned(), section: "daemon" })?;
+    let mut config =
+        parse::<DaemonFile>(text, path)?
+            .daemon
+            .ok_or(ConfigError::MissingSection {
+                path: path.to_owned(),
+                section: "daemon",
+            })?;
     config.validate().map_err(invalid(path))?;
     config.resolve_paths(&base_dir(path));
     Ok(config)
@@ -144,9 +167,13 @@ pub fn load_daemon(path: &Path) -> Result<DaemonConfig, ConfigError> {
 
 /// Parse and validate the `[trainer]` table of `text`, as if read from `path`.
 pub fn parse_trainer(text: &str, path: &Path) -> Result<TrainerConfig, ConfigError> {
-    let mut config = parse::<TrainerFile>(text, path)?
-        .trainer
-        .ok_or(ConfigError::MissingSection { path: path.to_owned(), section: "trainer" })?;
+    let mut config =
+        parse::<TrainerFile>(text, path)?
+            .trainer
+            .ok_or(ConfigError::MissingSection {
+                path: path.to_owned(),
+                section: "trainer",
+            })?;
     config.validate().map_err(invalid(path))?;
     config.resolve_paths(&base_dir(path));
     Ok(config)

@@ -74,7 +74,12 @@ pub struct ModelConfig {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { arch: "resnet18".into(), width: 64, norm: NormKind::Batch, embedding_dim: 128 }
+        ModelConfig {
+            arch: "resnet18".into(),
+            width: 64,
+            norm: NormKind::Batch,
+            embedding_dim: 128,
+        }
     }
 }
 
@@ -90,7 +95,10 @@ pub struct MethodConfig {
 
 impl Default for MethodConfig {
     fn default() -> Self {
-        MethodConfig { name: "erm".into(), params: toml::Table::new() }
+        MethodConfig {
+            name: "erm".into(),
+            params: toml::Table::new(),
+        }
     }
 }
 
@@ -110,7 +118,12 @@ pub struct OptimConfig {
 
 impl Default for OptimConfig {
     fn default() -> Self {
-        OptimConfig { lr: 1e-4, weight_decay: 0.01, batch_size: 32, steps: 2000 }
+        OptimConfig {
+            lr: 1e-4,
+            weight_decay: 0.01,
+            batch_size: 32,
+            steps: 2000,
+        }
     }
 }
 
@@ -142,14 +155,22 @@ pub struct SplitConfig {
 impl TrainerConfig {
     /// Check ranges.
     pub fn validate(&self) -> Result<(), Invalid> {
-        self.preprocess.validate().map_err(|e| Invalid::new("trainer.preprocess", format!("is invalid: {e}")))?;
+        self.preprocess
+            .validate()
+            .map_err(|e| Invalid::new("trainer.preprocess", format!("is invalid: {e}")))?;
         at_least("trainer.model.width", self.model.width, 1)?;
         at_least("trainer.model.embedding_dim", self.model.embedding_dim, 1)?;
         if !(self.optim.lr > 0.0 && self.optim.lr.is_finite()) {
-            return Err(Invalid::new("trainer.optim.lr", format!("must be > 0, got {}", self.optim.lr)));
+            return Err(Invalid::new(
+                "trainer.optim.lr",
+                format!("must be > 0, got {}", self.optim.lr),
+            ));
         }
         if !(self.optim.weight_decay >= 0.0 && self.optim.weight_decay.is_finite()) {
-            return Err(Invalid::new("trainer.optim.weight_decay", format!("must be >= 0, got {}", self.optim.weight_decay)));
+            return Err(Invalid::new(
+                "trainer.optim.weight_decay",
+                format!("must be >= 0, got {}", self.optim.weight_decay),
+            ));
         }
         at_least("trainer.optim.batch_size", self.optim.batch_size, 1)?;
         at_least("trainer.optim.steps", self.optim.steps, 1)

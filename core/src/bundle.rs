@@ -56,9 +56,14 @@ pub struct Graphs {
 impl Graphs {
     fn all(&self) -> impl Iterator<Item = &String> {
         std::iter::once(&self.predictor).chain(
-            [&self.predictor_stats, &self.predictor_plate, &self.ist_generator, &self.style_bank]
-                .into_iter()
-                .flatten(),
+            [
+                &self.predictor_stats,
+                &self.predictor_plate,
+                &self.ist_generator,
+                &self.style_bank,
+            ]
+            .into_iter()
+            .flatten(),
         )
     }
 }
@@ -142,7 +147,9 @@ pub enum BundleError {
         source: serde_json::Error,
     },
     /// Written by an incompatible trainer.
-    #[error("{path}: bundle format version {found}, but this build reads version {supported}; re-export the model with a matching bfx-trainer")]
+    #[error(
+        "{path}: bundle format version {found}, but this build reads version {supported}; re-export the model with a matching bfx-trainer"
+    )]
     FormatVersion {
         /// The manifest file.
         path: PathBuf,
@@ -158,7 +165,9 @@ pub enum BundleError {
         path: PathBuf,
     },
     /// A file's content differs from the manifest.
-    #[error("{path}: sha256 {actual} does not match the manifest's {expected}; the bundle was altered or damaged")]
+    #[error(
+        "{path}: sha256 {actual} does not match the manifest's {expected}; the bundle was altered or damaged"
+    )]
     HashMismatch {
         /// The file.
         path: PathBuf,
@@ -209,7 +218,10 @@ impl Bundle {
             format_version: u32,
         }
         let version: Version =
-            serde_json::from_slice(&bytes).map_err(|source| BundleError::Manifest { path: path.clone(), source })?;
+            serde_json::from_slice(&bytes).map_err(|source| BundleError::Manifest {
+                path: path.clone(),
+                source,
+            })?;
         if version.format_version != BUNDLE_FORMAT_VERSION {
             return Err(BundleError::FormatVersion {
                 path,
@@ -218,8 +230,16 @@ impl Bundle {
             });
         }
         let manifest: BundleManifest =
-            serde_json::from_slice(&bytes).map_err(|source| BundleError::Manifest { path: path.clone(), source })?;
-        manifest.check_consistency().map_err(|problem| BundleError::Inconsistent { path: path.clone(), problem })?;
+            serde_json::from_slice(&bytes).map_err(|source| BundleError::Manifest {
+                path: path.clone(),
+                source,
+            })?;
+        manifest
+            .check_consistency()
+            .map_err(|problem| BundleError::Inconsistent {
+                path: path.clone(),
+                problem,
+            })?;
         for (name, digest) in &manifest.files {
             let file = dir.join(name);
             let actual = file_digest(&file).map_err(|source| match source.kind() {
@@ -227,17 +247,28 @@ impl Bundle {
                 _ => io_error(&file, source),
             })?;
             if actual != *digest {
-                return Err(BundleError::HashMismatch { path: file, expected: digest.sha256.clone(), actual: actual.sha256 });
+                return Err(BundleError::HashMismatch {
+                    path: file,
+                    expected: digest.sha256.clone(),
+                    actual: actual.sha256,
+                });
             }
         }
-        Ok(Bundle { dir: dir.to_owned(), manifest, sha256: hex_sha256(&bytes) })
+        Ok(Bundle {
+            dir: dir.to_owned(),
+            manifest,
+            sha256: hex_sha256(&bytes),
+        })
     }
 
     /// Refuse the bundle unless its channels are exactly `configured`, in order.
     pub fn check_channels(&self, configured: &[String]) -> Result<(), BundleError> {
         let bundle = &self.manifest.preprocess.channels;
         if bundle.as_slice() != configured {
-            return Err(BundleError::ChannelMismatch { bundle: bundle.clone(), configured: configured.to_vec() });
+            return Err(BundleError::ChannelMismatch {
+                bundle: bundle.clone(),
+                configured: configured.to_vec(),
+            });
         }
         Ok(())
     }
@@ -266,7 +297,9 @@ impl BundleManifest {
         for name in self.files.keys() {
             let p = Path::new(name);
             if name == MANIFEST_FILE || p.components().count() != 1 || p.is_absolute() {
-                return Err(format!("file name {name:?} must be a plain name inside the bundle"));
+                return Err(format!(
+                    "file name {name:?} must be a plain name inside the bundle"
+                ));
             }
         }
         let needs = |mode: CorrectionMode, ok: bool, what: &str| {
@@ -277,8 +310,16 @@ impl BundleManifest {
             }
         };
         let g = &self.graphs;
-        needs(CorrectionMode::Adabn, g.predictor_stats.is_some() && g.predictor_plate.is_some(), "predictor_stats and predictor_plate graphs")?;
-        needs(CorrectionMode::Ist, g.ist_generator.is_some() && g.style_bank.is_some(), "an ist_generator graph and a style_bank")
+        needs(
+            CorrectionMode::Adabn,
+            g.predictor_stats.is_some() && g.predictor_plate.is_some(),
+            "predictor_stats and predictor_plate graphs",
+        )?;
+        needs(
+            CorrectionMode::Ist,
+            g.ist_generator.is_some() && g.style_bank.is_some(),
+            "an ist_generator graph and a style_bank",
+        )
     }
 
     /// Digest the bundle's files (every graph plus `extra` names), then
@@ -286,14 +327,23 @@ impl BundleManifest {
     pub fn seal(&mut self, dir: &Path, extra: &[&str]) -> Result<(), BundleError> {
         self.format_version = BUNDLE_FORMAT_VERSION;
         self.files.clear();
-        let names: Vec<String> = self.graphs.all().cloned().chain(extra.iter().map(|s| s.to_string())).collect();
+        let names: Vec<String> = self
+            .graphs
+            .all()
+            .cloned()
+            .chain(extra.iter().map(|s| s.to_string()))
+            .collect();
         for name in names {
             let path = dir.join(&name);
             let digest = file_digest(&path).map_err(|source| io_error(&path, source))?;
             self.files.insert(name, digest);
         }
         let path = dir.join(MANIFEST_FILE);
-        self.check_consistency().map_err(|problem| BundleError::Inconsistent { path: path.clone(), problem })?;
+        self.check_consistency()
+            .map_err(|problem| BundleError::Inconsistent {
+                path: path.clone(),
+                problem,
+            })?;
         // Serializing plain data with string keys cannot fail.
         let json = serde_json::to_vec_pretty(self).expect("manifest serializes");
         let tmp = dir.join(format!("{MANIFEST_FILE}.tmp"));
@@ -303,7 +353,10 @@ impl BundleManifest {
 }
 
 fn io_error(path: &Path, source: io::Error) -> BundleError {
-    BundleError::Io { path: path.to_owned(), source }
+    BundleError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// sha256 and size of a file, streamed.
@@ -320,7 +373,10 @@ pub fn file_digest(path: &Path) -> io::Result<FileDigest> {
         hasher.update(&buf[..n]);
         bytes += n as u64;
     }
-    Ok(FileDigest { sha256: hex(&hasher.finalize()), bytes })
+    Ok(FileDigest {
+        sha256: hex(&hasher.finalize()),
+        bytes,
+    })
 }
 
 /// Lower-case hex sha256 of bytes.

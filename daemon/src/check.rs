@@ -23,7 +23,12 @@ pub struct Check {
 impl fmt::Display for Check {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mark = if self.ok { "ok  " } else { "FAIL" };
-        write!(f, "{mark} {:<13} {}", self.name, self.detail.replace('\n', "\n                   "))
+        write!(
+            f,
+            "{mark} {:<13} {}",
+            self.name,
+            self.detail.replace('\n', "\n                   ")
+        )
     }
 }
 
@@ -56,17 +61,36 @@ pub fn check_config(config: &DaemonConfig, skip_bundle: bool) -> Vec<Check> {
 
 fn readable_dir(name: &'static str, path: &Path) -> Check {
     match std::fs::read_dir(path) {
-        Ok(_) => Check { name, ok: true, detail: format!("{} is readable", path.display()) },
-        Err(e) => Check { name, ok: false, detail: format!("{}: {e}; create it or fix daemon.watch.roots", path.display()) },
+        Ok(_) => Check {
+            name,
+            ok: true,
+            detail: format!("{} is readable", path.display()),
+        },
+        Err(e) => Check {
+            name,
+            ok: false,
+            detail: format!(
+                "{}: {e}; create it or fix daemon.watch.roots",
+                path.display()
+            ),
+        },
     }
 }
 
 fn bundle_check(config: &DaemonConfig) -> Check {
     let name = "bundle";
-    let fail = |detail: String| Check { name, ok: false, detail };
+    let fail = |detail: String| Check {
+        name,
+        ok: false,
+        detail,
+    };
     let bundle = match Bundle::open(&config.bundle) {
         Ok(b) => b,
-        Err(e) => return fail(format!("{e}\nexport one with `bfx-trainer export CHECKPOINT --out DIR` and set daemon.bundle")),
+        Err(e) => {
+            return fail(format!(
+                "{e}\nexport one with `bfx-trainer export CHECKPOINT --out DIR` and set daemon.bundle"
+            ));
+        }
     };
     if let Some(channels) = &config.channels
         && let Err(e) = bundle.check_channels(channels)
@@ -84,6 +108,12 @@ fn bundle_check(config: &DaemonConfig) -> Check {
     Check {
         name,
         ok: true,
-        detail: format!("{} method {}, channels {:?}, embedding {}", config.bundle.display(), m.method, m.preprocess.channels, m.embedding_dim),
+        detail: format!(
+            "{} method {}, channels {:?}, embedding {}",
+            config.bundle.display(),
+            m.method,
+            m.preprocess.channels,
+            m.embedding_dim
+        ),
     }
 }

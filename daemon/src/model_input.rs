@@ -6,7 +6,11 @@ use bfx_core::preprocess::{ModelInput, PreprocessError, PreprocessSpec, SiteFile
 use ndarray::{Array4, Axis, concatenate};
 
 /// One site's model input as an `[n, c, h, w]` array (n = 1, or the tile count).
-pub fn site_array(spec: &PreprocessSpec, files: &SiteFiles, read: &ReadOptions) -> Result<Array4<f32>, PreprocessError> {
+pub fn site_array(
+    spec: &PreprocessSpec,
+    files: &SiteFiles,
+    read: &ReadOptions,
+) -> Result<Array4<f32>, PreprocessError> {
     Ok(to_array(spec.load_site(files, read)?))
 }
 

@@ -42,7 +42,10 @@ impl fmt::Display for LibrarySource {
 }
 
 /// The candidate paths in search order.
-pub fn candidates(configured: Option<&Path>, provider: ExecutionProvider) -> Vec<(LibrarySource, PathBuf)> {
+pub fn candidates(
+    configured: Option<&Path>,
+    provider: ExecutionProvider,
+) -> Vec<(LibrarySource, PathBuf)> {
     let mut list = Vec::new();
     if let Some(path) = configured {
         list.push((LibrarySource::Config, path.to_owned()));
@@ -50,18 +53,26 @@ pub fn candidates(configured: Option<&Path>, provider: ExecutionProvider) -> Vec
     if let Some(path) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
         list.push((LibrarySource::Environment, PathBuf::from(path)));
     }
-    if let Some(lib) = std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.parent()?.join("lib"))) {
+    if let Some(lib) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("lib")))
+    {
         list.push((LibrarySource::Installation, lib.join(LIBRARY_NAME)));
     }
     // The daemon crate sits one folder below the checkout's root.
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new("."));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."));
     let checkout = root.join(".ort");
     let flavours = match provider {
         ExecutionProvider::Cuda => ["gpu", "cpu"],
         ExecutionProvider::Cpu => ["cpu", "gpu"],
     };
     for flavour in flavours {
-        list.push((LibrarySource::Checkout, checkout.join(flavour).join(LIBRARY_NAME)));
+        list.push((
+            LibrarySource::Checkout,
+            checkout.join(flavour).join(LIBRARY_NAME),
+        ));
     }
     list
 }
@@ -99,7 +110,10 @@ pub struct OnnxRuntime {
 
 impl fmt::Debug for OnnxRuntime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OnnxRuntime").field("library", &self.library).field("source", &self.source).finish()
+        f.debug_struct("OnnxRuntime")
+            .field("library", &self.library)
+            .field("source", &self.source)
+            .finish()
     }
 }
 
@@ -107,6 +121,20 @@ impl OnnxRuntime {
     /// ONNX Runtime's build description (version, commit).
     pub fn build_info(&self) -> &'static str {
         ort::info()
+    }
+
+    /// A CPU session of `model` with `threads` intra-op threads; spinning
+    /// idle threads only when asked (a service should idle quietly).
+    pub fn session(
+        &self,
+        model: &Path,
+        threads: usize,
+        spinning: bool,
+    ) -> ort::Result<ort::session::Session> {
+        ort::session::Session::builder(&self.environment)?
+            .with_intra_threads(threads)?
+            .with_intra_op_spinning(spinning)?
+            .commit_from_file(model)
     }
 
     /// Whether the loaded library can run the CUDA execution provider.
@@ -120,7 +148,10 @@ static RUNTIME: OnceLock<OnnxRuntime> = OnceLock::new();
 /// Load ONNX Runtime from the first candidate that works. The library and
 /// its environment are process-wide: later calls return the first runtime
 /// whatever they ask for.
-pub fn init(configured: Option<&Path>, provider: ExecutionProvider) -> Result<&'static OnnxRuntime, RuntimeError> {
+pub fn init(
+    configured: Option<&Path>,
+    provider: ExecutionProvider,
+) -> Result<&'static OnnxRuntime, RuntimeError> {
     if let Some(runtime) = RUNTIME.get() {
         return Ok(runtime);
     }
@@ -136,7 +167,11 @@ pub fn init(configured: Option<&Path>, provider: ExecutionProvider) -> Result<&'
         match loaded {
             Ok(environment) => {
                 tracing::info!(library = %path.display(), %source, "loaded ONNX Runtime");
-                let runtime = OnnxRuntime { environment, library: path, source };
+                let runtime = OnnxRuntime {
+                    environment,
+                    library: path,
+                    source,
+                };
                 // A racing caller may have won; either way one runtime is kept.
                 return Ok(RUNTIME.get_or_init(|| runtime));
             }

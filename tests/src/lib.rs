@@ -12,7 +12,10 @@ use std::process::Command;
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     // This crate lives in `<root>/tests`.
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
 }
 
 /// The test venv's Python: `$BFX_PYTHON`, else `<root>/.venv/bin/python`.

@@ -5,7 +5,9 @@
 
 use std::path::Path;
 
-use bfx_core::image::{ImageErrorKind, Pages, Pixels, ReadLimits, ReadOptions, decode_image, read_image};
+use bfx_core::image::{
+    ImageErrorKind, Pages, Pixels, ReadLimits, ReadOptions, decode_image, read_image,
+};
 use bfx_tests::run_python;
 
 /// Writes the fixture matrix into argv[1] and prints one JSON line per file.
@@ -85,8 +87,16 @@ fn write_fixtures(dir: &Path) -> Vec<Fixture> {
 fn expected(raw: &[u8], dtype: &str) -> Pixels {
     match dtype {
         "uint8" => Pixels::U8(raw.to_vec()),
-        "uint16" => Pixels::U16(raw.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect()),
-        "float32" => Pixels::F32(raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
+        "uint16" => Pixels::U16(
+            raw.chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                .collect(),
+        ),
+        "float32" => Pixels::F32(
+            raw.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        ),
         other => panic!("unknown dtype {other}"),
     }
 }
@@ -96,16 +106,35 @@ fn tifffile_fixtures_decode_bit_exactly() {
     let dir = tempfile::tempdir().expect("temp dir");
     let fixtures = write_fixtures(dir.path());
     // The matrix really covers what the reader promises.
-    for (tag, what) in [(1, "none"), (5, "LZW"), (8, "Deflate"), (32773, "PackBits"), (32946, "legacy Deflate")] {
-        assert!(fixtures.iter().any(|f| f.compression == tag), "no fixture with compression {what} ({tag})");
+    for (tag, what) in [
+        (1, "none"),
+        (5, "LZW"),
+        (8, "Deflate"),
+        (32773, "PackBits"),
+        (32946, "legacy Deflate"),
+    ] {
+        assert!(
+            fixtures.iter().any(|f| f.compression == tag),
+            "no fixture with compression {what} ({tag})"
+        );
     }
     assert!(fixtures.iter().any(|f| f.tiled) && fixtures.iter().any(|f| !f.tiled));
-    assert!(fixtures.iter().any(|f| f.predictor == 2), "no horizontal-predictor fixture");
+    assert!(
+        fixtures.iter().any(|f| f.predictor == 2),
+        "no horizontal-predictor fixture"
+    );
     for dtype in ["uint8", "uint16", "float32"] {
-        assert!(fixtures.iter().any(|f| f.dtype == dtype && f.tiled && f.compression == 32946));
+        assert!(
+            fixtures
+                .iter()
+                .any(|f| f.dtype == dtype && f.tiled && f.compression == 32946)
+        );
     }
 
-    let options = ReadOptions { pages: Pages::All, ..ReadOptions::default() };
+    let options = ReadOptions {
+        pages: Pages::All,
+        ..ReadOptions::default()
+    };
     let mut failures = Vec::new();
     for f in &fixtures {
         let path = dir.path().join(&f.file);
@@ -120,10 +149,19 @@ fn tifffile_fixtures_decode_bit_exactly() {
                     assert!(plane.pixels == want, "{} page {i}: pixels differ", f.file);
                 }
             }
-            Err(e) => failures.push(format!("{} (compression {}, predictor {}): {e}", f.file, f.compression, f.predictor)),
+            Err(e) => failures.push(format!(
+                "{} (compression {}, predictor {}): {e}",
+                f.file, f.compression, f.predictor
+            )),
         }
     }
-    assert!(failures.is_empty(), "{} of {} fixtures failed:\n{}", failures.len(), fixtures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} fixtures failed:\n{}",
+        failures.len(),
+        fixtures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -135,7 +173,10 @@ fn corrupted_tifffile_fixtures_never_panic() {
         .collect();
     let options = ReadOptions {
         pages: Pages::All,
-        limits: ReadLimits { max_pixels: 1 << 20, ..ReadLimits::default() },
+        limits: ReadLimits {
+            max_pixels: 1 << 20,
+            ..ReadLimits::default()
+        },
     };
     let mut state = 0x853c_49e6_748f_ea9bu64;
     let mut next = |n: usize| {
@@ -157,10 +198,19 @@ fn corrupted_tifffile_fixtures_never_panic() {
             }
         }
         match decode_image(&bytes, &options) {
-            Err(ImageErrorKind::DecoderPanic(m)) => panic!("variant {i}: the decoder panicked: {m}"),
+            Err(ImageErrorKind::DecoderPanic(m)) => {
+                panic!("variant {i}: the decoder panicked: {m}")
+            }
             Err(_) => refused += 1,
-            Ok(planes) => assert!(planes.iter().all(|p| p.pixels.len() == (p.width * p.height) as usize)),
+            Ok(planes) => assert!(
+                planes
+                    .iter()
+                    .all(|p| p.pixels.len() == (p.width * p.height) as usize)
+            ),
         }
     }
-    assert!(refused >= 500, "truncated files must be refused; only {refused} of 1000 variants were");
+    assert!(
+        refused >= 500,
+        "truncated files must be refused; only {refused} of 1000 variants were"
+    );
 }

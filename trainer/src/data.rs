@@ -18,7 +18,12 @@ pub enum DataError {
 }
 
 /// One site's model input as an `[n, c, h, w]` f32 tensor on `device`.
-pub fn site_tensor(spec: &PreprocessSpec, files: &SiteFiles, read: &ReadOptions, device: &Device) -> Result<Tensor, DataError> {
+pub fn site_tensor(
+    spec: &PreprocessSpec,
+    files: &SiteFiles,
+    read: &ReadOptions,
+    device: &Device,
+) -> Result<Tensor, DataError> {
     to_tensor(spec.load_site(files, read)?, device)
 }
 

@@ -30,7 +30,9 @@ pub(super) fn decode_page<R: Read + Seek>(
     let bits = tag(decoder, Tag::BitsPerSample)?;
     let format = tag(decoder, Tag::SampleFormat).unwrap_or(1);
     let predictor = tag(decoder, Tag::Predictor).unwrap_or(1);
-    if tag(decoder, Tag::SamplesPerPixel).unwrap_or(1) != 1 || !matches!((bits, format, predictor), (8 | 16, 1, 1 | 2) | (32, 3, 1)) {
+    if tag(decoder, Tag::SamplesPerPixel).unwrap_or(1) != 1
+        || !matches!((bits, format, predictor), (8 | 16, 1, 1 | 2) | (32, 3, 1))
+    {
         return None;
     }
     let (w, h) = (width as usize, height as usize);
@@ -59,18 +61,30 @@ pub(super) fn decode_page<R: Read + Seek>(
     let bytes_per_sample = (bits / 8) as usize;
     let big_endian = decoder.byte_order() == ByteOrder::BigEndian;
     let mut plane = vec![0u64; w * h];
-    for (i, (&offset, &count)) in offsets.iter().zip(&counts).enumerate().take(across * h.div_ceil(ch)) {
+    for (i, (&offset, &count)) in offsets
+        .iter()
+        .zip(&counts)
+        .enumerate()
+        .take(across * h.div_ceil(ch))
+    {
         let start = usize::try_from(offset).ok()?;
         let data = file.get(start..start.checked_add(usize::try_from(count).ok()?)?)?;
-        let raw = weezl::decode::Decoder::with_tiff_size_switch(weezl::BitOrder::Msb, 8).decode(data).ok()?;
+        let raw = weezl::decode::Decoder::with_tiff_size_switch(weezl::BitOrder::Msb, 8)
+            .decode(data)
+            .ok()?;
         let (x0, y0) = ((i % across) * cw, (i / across) * ch);
         for (row, y) in (y0..(y0 + ch).min(h)).enumerate() {
             let src = raw.get(row * cw * bytes_per_sample..(row + 1) * cw * bytes_per_sample)?;
             let mut prev = 0u64;
             for (col, sample) in src.chunks_exact(bytes_per_sample).enumerate() {
-                let mut value = sample.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+                let mut value = sample
+                    .iter()
+                    .fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
                 if !big_endian {
-                    value = sample.iter().rev().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+                    value = sample
+                        .iter()
+                        .rev()
+                        .fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
                 }
                 if predictor == 2 {
                     value = (value + prev) & ((1u64 << bits) - 1);
@@ -86,6 +100,11 @@ pub(super) fn decode_page<R: Read + Seek>(
     Some(match bits {
         8 => Pixels::U8(plane.into_iter().map(|v| v as u8).collect()),
         16 => Pixels::U16(plane.into_iter().map(|v| v as u16).collect()),
-        _ => Pixels::F32(plane.into_iter().map(|v| f32::from_bits(v as u32)).collect()),
+        _ => Pixels::F32(
+            plane
+                .into_iter()
+                .map(|v| f32::from_bits(v as u32))
+                .collect(),
+        ),
     })
 }

@@ -173,7 +173,9 @@ pub enum ImageErrorKind {
         first_height: u32,
     },
     /// A valid image of a kind bfx does not read (colour, signed, 64-bit, ...).
-    #[error("unsupported image: {0}; bfx reads grayscale 8-bit or 16-bit unsigned and 32-bit float")]
+    #[error(
+        "unsupported image: {0}; bfx reads grayscale 8-bit or 16-bit unsigned and 32-bit float"
+    )]
     Unsupported(String),
     /// Damaged or incomplete data.
     #[error("corrupt or truncated image: {0}")]
@@ -188,7 +190,10 @@ impl ImageErrorKind {
     /// True for conditions that may clear up when a file that is still being
     /// written is complete: I/O errors and truncated or corrupt data.
     pub fn may_be_incomplete(&self) -> bool {
-        matches!(self, ImageErrorKind::Io(_) | ImageErrorKind::Empty | ImageErrorKind::Corrupt(_))
+        matches!(
+            self,
+            ImageErrorKind::Io(_) | ImageErrorKind::Empty | ImageErrorKind::Corrupt(_)
+        )
     }
 }
 
@@ -234,7 +239,9 @@ pub fn decode_image(bytes: &[u8], options: &ReadOptions) -> Result<Vec<Plane>, I
         } else if bytes.starts_with(PNG_MAGIC) {
             png_reader::decode
         } else {
-            return Err(ImageErrorKind::UnknownFormat(bytes[..bytes.len().min(8)].to_vec()));
+            return Err(ImageErrorKind::UnknownFormat(
+                bytes[..bytes.len().min(8)].to_vec(),
+            ));
         };
     catch_unwind(AssertUnwindSafe(|| decode(bytes, options))).unwrap_or_else(|panic| {
         let message = panic
@@ -249,7 +256,9 @@ pub fn decode_image(bytes: &[u8], options: &ReadOptions) -> Result<Vec<Plane>, I
 /// Check a declared plane size against the limits before anything is allocated.
 fn check_pixels(width: u32, height: u32, limits: &ReadLimits) -> Result<(), ImageErrorKind> {
     if width == 0 || height == 0 {
-        return Err(ImageErrorKind::Corrupt(format!("declared size {width}x{height}")));
+        return Err(ImageErrorKind::Corrupt(format!(
+            "declared size {width}x{height}"
+        )));
     }
     if u64::from(width) * u64::from(height) > limits.max_pixels {
         return Err(ImageErrorKind::TooManyPixels {

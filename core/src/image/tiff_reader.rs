@@ -34,7 +34,8 @@ pub(super) fn decode(bytes: &[u8], options: &ReadOptions) -> Result<Vec<Plane>, 
             Ok(DecodingResult::F32(v)) => Pixels::F32(v),
             Ok(other) => return Err(ImageErrorKind::Unsupported(sample_name(&other).to_owned())),
             Err(e) if e.to_string().contains(lzw_fallback::TRIGGER) => {
-                lzw_fallback::decode_page(&mut decoder, bytes, width, height).ok_or_else(|| from_tiff(e))?
+                lzw_fallback::decode_page(&mut decoder, bytes, width, height)
+                    .ok_or_else(|| from_tiff(e))?
             }
             Err(e) => return Err(from_tiff(e)),
         };

@@ -253,7 +253,10 @@ impl NamingScheme {
             scheme: rule.preset,
             expected: rule.expected.clone(),
         };
-        let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(no_match)?;
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(no_match)?;
         let caps = rule.regex.captures(name).ok_or_else(no_match)?;
         if caps.name("thumb").is_some() {
             return Err(NamingError::NotAcquired {
@@ -264,11 +267,13 @@ impl NamingScheme {
         let number = |field: &'static str, group: &str| -> Result<Option<u32>, NamingError> {
             caps.name(group)
                 .map(|m| {
-                    m.as_str().parse::<u32>().map_err(|_| NamingError::BadNumber {
-                        path: path.to_owned(),
-                        field,
-                        value: m.as_str().to_owned(),
-                    })
+                    m.as_str()
+                        .parse::<u32>()
+                        .map_err(|_| NamingError::BadNumber {
+                            path: path.to_owned(),
+                            field,
+                            value: m.as_str().to_owned(),
+                        })
                 })
                 .transpose()
         };
@@ -286,7 +291,11 @@ impl NamingScheme {
         let channel = match caps.name("channel") {
             None => format!("{}1", rule.channel_prefix),
             Some(m) if rule.channel_prefix.is_empty() => m.as_str().to_owned(),
-            Some(_) => format!("{}{}", rule.channel_prefix, number("channel", "channel")?.unwrap_or(1)),
+            Some(_) => format!(
+                "{}{}",
+                rule.channel_prefix,
+                number("channel", "channel")?.unwrap_or(1)
+            ),
         };
         let plate = self.plate(path, &caps)?;
         Ok(ImageKey {
@@ -315,7 +324,9 @@ impl NamingScheme {
         let written = format!("r{row}c{col}");
         let row_n = match row.parse::<u32>() {
             Ok(n) => Ok(n),
-            Err(_) => Well::parse(&format!("{row}1"), PlateFormat::default()).map(|w| u32::from(w.row())),
+            Err(_) => {
+                Well::parse(&format!("{row}1"), PlateFormat::default()).map(|w| u32::from(w.row()))
+            }
         }
         .map_err(|e| bad(written.clone(), e))?;
         let col_n = col

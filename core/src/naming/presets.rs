@@ -85,7 +85,8 @@ impl Rule {
                 false,
             ),
             Preset::Rxrx => (
-                r"^(?P<well>[A-Z]{1,2}\d{2})_s(?P<site>\d+)_w(?P<channel>\d+)\.(?i:png|tiff?)$".to_owned(),
+                r"^(?P<well>[A-Z]{1,2}\d{2})_s(?P<site>\d+)_w(?P<channel>\d+)\.(?i:png|tiff?)$"
+                    .to_owned(),
                 "<experiment>/Plate<p>/<well>_s<site>_w<channel>.png",
                 "w",
                 PlateRule::ExperimentPlate,
@@ -118,7 +119,8 @@ impl Rule {
             )));
         }
         let has = |g: &str| groups.contains(&g);
-        if !has("well") && !(has("row") && has("col")) {
+        let has_well = has("well") || (has("row") && has("col"));
+        if !has_well {
             return Err(NamingSpecError::BadGroups(
                 "needs a `well` group, or `row` and `col` groups".into(),
             ));
@@ -186,5 +188,6 @@ pub(super) fn imagexpress_dirs(path: &Path) -> (Option<u32>, Option<u32>) {
 
 fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
 }

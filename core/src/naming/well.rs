@@ -82,7 +82,9 @@ impl<'de> Deserialize<'de> for PlateFormat {
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum WellError {
     /// The text is not letters followed by digits.
-    #[error("{0:?} is not a well name (expected row letters and a column number, e.g. B03 or AF48)")]
+    #[error(
+        "{0:?} is not a well name (expected row letters and a column number, e.g. B03 or AF48)"
+    )]
     Syntax(String),
     /// The row is beyond the plate.
     #[error("row {row} is outside a {wells}-well plate (rows A..{last})")]
@@ -156,9 +158,9 @@ impl Well {
         {
             return Err(syntax());
         }
-        let row = letters
-            .bytes()
-            .fold(0u32, |acc, b| acc * 26 + u32::from(b.to_ascii_uppercase() - b'A' + 1));
+        let row = letters.bytes().fold(0u32, |acc, b| {
+            acc * 26 + u32::from(b.to_ascii_uppercase() - b'A' + 1)
+        });
         let column: u32 = digits.parse().map_err(|_| syntax())?;
         Well::new(row, column, format)
     }
@@ -248,13 +250,28 @@ mod tests {
         let w384 = PlateFormat::with_wells(384).unwrap();
         let w96 = PlateFormat::with_wells(96).unwrap();
         let err = Well::parse("Z9", w384).unwrap_err();
-        assert_eq!(err.to_string(), "row Z is outside a 384-well plate (rows A..P)");
+        assert_eq!(
+            err.to_string(),
+            "row Z is outside a 384-well plate (rows A..P)"
+        );
         let err = Well::parse("A00", PlateFormat::default()).unwrap_err();
-        assert_eq!(err.to_string(), "column 0 is outside a 1536-well plate (columns 1..48)");
-        assert!(matches!(Well::parse("H13", w96), Err(WellError::Column { column: 13, .. })));
-        assert!(matches!(Well::parse("AG01", PlateFormat::default()), Err(WellError::Row { .. })));
+        assert_eq!(
+            err.to_string(),
+            "column 0 is outside a 1536-well plate (columns 1..48)"
+        );
+        assert!(matches!(
+            Well::parse("H13", w96),
+            Err(WellError::Column { column: 13, .. })
+        ));
+        assert!(matches!(
+            Well::parse("AG01", PlateFormat::default()),
+            Err(WellError::Row { .. })
+        ));
         for bad in ["", "12", "B", "ABC1", "B1234", "B-3", "B3x"] {
-            assert!(matches!(Well::parse(bad, w96), Err(WellError::Syntax(_))), "{bad:?}");
+            assert!(
+                matches!(Well::parse(bad, w96), Err(WellError::Syntax(_))),
+                "{bad:?}"
+            );
         }
     }
 

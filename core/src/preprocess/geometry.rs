@@ -28,7 +28,12 @@ fn area_weights(input: usize, output: usize) -> Vec<(usize, Vec<f64>)> {
 /// # Panics
 /// If `plane` does not hold `h * w` samples (a caller's bug, not bad input).
 pub fn resize_area(plane: &[f32], h: usize, w: usize, oh: usize, ow: usize) -> Vec<f32> {
-    assert_eq!(plane.len(), h * w, "plane of {h}x{w} has {} samples", plane.len());
+    assert_eq!(
+        plane.len(),
+        h * w,
+        "plane of {h}x{w} has {} samples",
+        plane.len()
+    );
     if (h, w) == (oh, ow) {
         return plane.to_vec();
     }
@@ -38,13 +43,21 @@ pub fn resize_area(plane: &[f32], h: usize, w: usize, oh: usize, ow: usize) -> V
     for y in 0..h {
         let src = &plane[y * w..(y + 1) * w];
         for (ox, (first, weights)) in cols.iter().enumerate() {
-            horizontal[y * ow + ox] = weights.iter().zip(&src[*first..]).map(|(k, &x)| k * f64::from(x)).sum();
+            horizontal[y * ow + ox] = weights
+                .iter()
+                .zip(&src[*first..])
+                .map(|(k, &x)| k * f64::from(x))
+                .sum();
         }
     }
     let mut out = Vec::with_capacity(oh * ow);
     for (first, weights) in &rows {
         for ox in 0..ow {
-            let v: f64 = weights.iter().enumerate().map(|(i, k)| k * horizontal[(first + i) * ow + ox]).sum();
+            let v: f64 = weights
+                .iter()
+                .enumerate()
+                .map(|(i, k)| k * horizontal[(first + i) * ow + ox])
+                .sum();
             out.push(v as f32);
         }
     }

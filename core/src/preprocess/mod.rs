@@ -115,7 +115,9 @@ pub enum PreprocessError {
         expected: Vec<String>,
     },
     /// Two channels of a site differ in size.
-    #[error("{path}: {width}x{height} pixels, but channel {first:?} is {first_width}x{first_height}")]
+    #[error(
+        "{path}: {width}x{height} pixels, but channel {first:?} is {first_width}x{first_height}"
+    )]
     SizeMismatch {
         /// The file of the odd channel.
         path: PathBuf,
@@ -185,7 +187,9 @@ impl PreprocessSpec {
                         high.len()
                     ));
                 }
-                if let Some(i) = (0..n).find(|&i| !(high[i] > low[i]) || !low[i].is_finite() || !high[i].is_finite()) {
+                if let Some(i) = (0..n)
+                    .find(|&i| !(low[i].is_finite() && high[i].is_finite() && high[i] > low[i]))
+                {
                     return bad(format!(
                         "channel {:?}: high percentile {} must be above low {}",
                         self.channels[i], high[i], low[i]
@@ -206,16 +210,27 @@ impl PreprocessSpec {
     }
 
     /// Read a site's files and preprocess them.
-    pub fn load_site(&self, files: &SiteFiles, read: &ReadOptions) -> Result<ModelInput, PreprocessError> {
+    pub fn load_site(
+        &self,
+        files: &SiteFiles,
+        read: &ReadOptions,
+    ) -> Result<ModelInput, PreprocessError> {
         let planes = self.read_planes(files, read)?;
         self.preprocess(&planes)
     }
 
     /// Read a site's planes, returned in the spec's channel order with the file each came from.
-    pub fn read_planes(&self, files: &SiteFiles, read: &ReadOptions) -> Result<Vec<(PathBuf, Plane)>, PreprocessError> {
+    pub fn read_planes(
+        &self,
+        files: &SiteFiles,
+        read: &ReadOptions,
+    ) -> Result<Vec<(PathBuf, Plane)>, PreprocessError> {
         match files {
             SiteFiles::MultiPage(path) => {
-                let options = ReadOptions { pages: Pages::All, ..*read };
+                let options = ReadOptions {
+                    pages: Pages::All,
+                    ..*read
+                };
                 let planes = read_image(path, &options)?;
                 if planes.len() != self.channels.len() {
                     return Err(PreprocessError::PageCount {
@@ -227,14 +242,18 @@ impl PreprocessSpec {
                 Ok(planes.into_iter().map(|p| (path.clone(), p)).collect())
             }
             SiteFiles::PerChannel(list) => {
-                if let Some((channel, path)) = list.iter().find(|(c, _)| !self.channels.contains(c)) {
+                if let Some((channel, path)) = list.iter().find(|(c, _)| !self.channels.contains(c))
+                {
                     return Err(PreprocessError::UnknownChannel {
                         path: path.clone(),
                         channel: channel.clone(),
                         expected: self.channels.clone(),
                     });
                 }
-                let options = ReadOptions { pages: Pages::First, ..*read };
+                let options = ReadOptions {
+                    pages: Pages::First,
+                    ..*read
+                };
                 self.channels
                     .iter()
                     .map(|channel| {
@@ -262,18 +281,31 @@ impl PreprocessSpec {
         }
         let c = self.channels.len();
         match self.geometry {
-            Geometry::Resize { height: oh, width: ow } => {
+            Geometry::Resize {
+                height: oh,
+                width: ow,
+            } => {
                 let (oh, ow) = (oh as usize, ow as usize);
                 let mut data = Vec::with_capacity(c * oh * ow);
                 for channel in field.chunks_exact(plane_len) {
                     data.extend(resize_area(channel, height, width, oh, ow));
                 }
-                Ok(ModelInput { shape: [1, c, oh, ow], data, origins: vec![(0, 0)] })
+                Ok(ModelInput {
+                    shape: [1, c, oh, ow],
+                    data,
+                    origins: vec![(0, 0)],
+                })
             }
             Geometry::Tile { size, stride } => {
-                let too_small = || PreprocessError::TooSmallForTile { width: width as u32, height: height as u32, size };
-                let ys = tile_origins(height, size as usize, stride as usize).ok_or_else(too_small)?;
-                let xs = tile_origins(width, size as usize, stride as usize).ok_or_else(too_small)?;
+                let too_small = || PreprocessError::TooSmallForTile {
+                    width: width as u32,
+                    height: height as u32,
+                    size,
+                };
+                let ys =
+                    tile_origins(height, size as usize, stride as usize).ok_or_else(too_small)?;
+                let xs =
+                    tile_origins(width, size as usize, stride as usize).ok_or_else(too_small)?;
                 let s = size as usize;
                 let mut data = Vec::with_capacity(ys.len() * xs.len() * c * s * s);
                 let mut origins = Vec::with_capacity(ys.len() * xs.len());
@@ -282,18 +314,27 @@ impl PreprocessSpec {
                         origins.push((y as u32, x as u32));
                         for channel in field.chunks_exact(plane_len) {
                             for row in y..y + s {
-                                data.extend_from_slice(&channel[row * width + x..row * width + x + s]);
+                                data.extend_from_slice(
+                                    &channel[row * width + x..row * width + x + s],
+                                );
                             }
                         }
                     }
                 }
-                Ok(ModelInput { shape: [origins.len(), c, s, s], data, origins })
+                Ok(ModelInput {
+                    shape: [origins.len(), c, s, s],
+                    data,
+                    origins,
+                })
             }
         }
     }
 
     /// Channels stacked as f32, `[c, h, w]`, after checking sizes and finiteness.
-    fn stack(&self, planes: &[(PathBuf, Plane)]) -> Result<(usize, usize, Vec<f32>), PreprocessError> {
+    fn stack(
+        &self,
+        planes: &[(PathBuf, Plane)],
+    ) -> Result<(usize, usize, Vec<f32>), PreprocessError> {
         if planes.len() != self.channels.len() {
             return Err(PreprocessError::Spec(format!(
                 "{} plane(s) given for {} channels",
@@ -319,7 +360,10 @@ impl PreprocessSpec {
             plane.pixels.extend_f32(&mut field);
             let count = field[start..].iter().filter(|x| !x.is_finite()).count();
             if count > 0 {
-                return Err(PreprocessError::NonFinite { path: path.clone(), count });
+                return Err(PreprocessError::NonFinite {
+                    path: path.clone(),
+                    count,
+                });
             }
         }
         Ok((height as usize, width as usize, field))
@@ -331,7 +375,11 @@ impl PreprocessSpec {
                 // f64 sums: 16-bit images of millions of pixels lose digits in f32.
                 let n = channel.len() as f64;
                 let mean = channel.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
-                let var = channel.iter().map(|&x| (f64::from(x) - mean).powi(2)).sum::<f64>() / n;
+                let var = channel
+                    .iter()
+                    .map(|&x| (f64::from(x) - mean).powi(2))
+                    .sum::<f64>()
+                    / n;
                 let scale = 1.0 / (var.sqrt() + f64::from(*eps));
                 for x in channel {
                     *x = ((f64::from(*x) - mean) * scale) as f32;
@@ -351,7 +399,12 @@ impl PreprocessSpec {
 /// Per-channel percentile values over a sample of fields, for
 /// [`Normalization::Percentile`]. `fields` are `[c, h, w]` stacks of raw
 /// intensities; `low` and `high` are percentages (e.g. 1 and 99).
-pub fn fit_percentiles(fields: &[&[f32]], channels: usize, low: f64, high: f64) -> (Vec<f32>, Vec<f32>) {
+pub fn fit_percentiles(
+    fields: &[&[f32]],
+    channels: usize,
+    low: f64,
+    high: f64,
+) -> (Vec<f32>, Vec<f32>) {
     let mut lows = Vec::with_capacity(channels);
     let mut highs = Vec::with_capacity(channels);
     for c in 0..channels {

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Run bfx's whole test suite: the README's test command, and all that CI runs.
+# Works on a fresh machine with the Rust toolchain, python3 and pip: it
+# fetches ONNX Runtime from PyPI, creates the test venv, checks formatting and
+# lints, and runs every test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+for tool in cargo python3; do
+  command -v "$tool" >/dev/null || { echo "test.sh: $tool is required" >&2; exit 1; }
+done
+for component in fmt clippy; do
+  cargo "$component" --version >/dev/null 2>&1 || {
+    echo "test.sh: cargo $component is missing: install it with 'rustup component add ${component/fmt/rustfmt}'" >&2
+    exit 1
+  }
+done
+
+echo "==> ONNX Runtime"
+scripts/fetch-onnxruntime.sh
+echo "==> Test venv"
+BFX_PYTHON=$(scripts/setup-venv.sh | tail -n 1)
+export BFX_PYTHON
+echo "==> Format"
+cargo fmt --all -- --check
+echo "==> Lints"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> Tests"
+cargo test --workspace --locked
