@@ -26,4 +26,8 @@ cargo fmt --all -- --check
 echo "==> Lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> Tests"
-cargo test --workspace --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$log"
+# cargo's last summary is often an empty doc-test run; close with the total.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -31,3 +31,28 @@ pub fn site_tensor(
 pub fn to_tensor(input: ModelInput, device: &Device) -> Result<Tensor, DataError> {
     Ok(Tensor::from_vec(input.data, input.shape.to_vec(), device)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_input_keeps_its_shape_and_values() {
+        let input = ModelInput {
+            shape: [2, 3, 1, 2],
+            data: (0..12).map(|x| x as f32).collect(),
+            origins: vec![(0, 0), (0, 2)],
+        };
+        let t = to_tensor(input, &Device::Cpu).unwrap();
+        assert_eq!(t.dims(), [2, 3, 1, 2]);
+        // Tile 1, channel 2, column 1 is the last sample.
+        assert_eq!(
+            t.get(1)
+                .and_then(|t| t.get(2))
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>())
+                .unwrap(),
+            vec![10.0, 11.0]
+        );
+    }
+}
