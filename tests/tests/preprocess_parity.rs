@@ -30,7 +30,7 @@ for site in (1, 2):
 "#;
 
 fn sites(dir: &Path) -> BTreeMap<SiteKey, Vec<(String, std::path::PathBuf)>> {
-    let scheme = NamingScheme::preset(Preset::Imagexpress);
+    let scheme = NamingScheme::preset(Preset::Imagexpress).expect("a built-in preset");
     let mut sites: BTreeMap<SiteKey, Vec<_>> = BTreeMap::new();
     for entry in std::fs::read_dir(dir).expect("fixture dir") {
         let path = entry.expect("entry").path();

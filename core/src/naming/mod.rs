@@ -236,13 +236,10 @@ impl NamingScheme {
         })
     }
 
-    /// The scheme of a preset with default options.
-    pub fn preset(preset: Preset) -> NamingScheme {
-        NamingScheme {
-            rule: Rule::preset(preset),
-            plate_from_dir: None,
-            format: PlateFormat::default(),
-        }
+    /// The scheme of a preset with default options (`custom` needs a
+    /// pattern, so it gives [`NamingSpecError::MissingPattern`]).
+    pub fn preset(preset: Preset) -> Result<NamingScheme, NamingSpecError> {
+        NamingScheme::new(&NamingSpec::preset(preset))
     }
 
     /// Read the image key from a path (relative to the acquisition root or absolute).

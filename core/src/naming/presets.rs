@@ -92,6 +92,7 @@ impl Rule {
                 PlateRule::ExperimentPlate,
                 false,
             ),
+            // NamingScheme::new sends `custom` to Rule::custom before this match.
             Preset::Custom => unreachable!("custom rules are built by Rule::custom"),
         };
         Rule {

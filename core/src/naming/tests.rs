@@ -7,7 +7,7 @@ type Want<'a> = (&'a str, &'a str, u32, &'a str, Option<u32>, Option<u32>);
 
 fn check_parses(preset: Preset, cases: &[(&str, Want<'_>)]) {
     assert!(cases.len() >= 5, "at least 5 realistic names per preset");
-    let scheme = NamingScheme::preset(preset);
+    let scheme = NamingScheme::preset(preset).unwrap();
     for (path, (plate, well, site, channel, t, z)) in cases {
         let key = scheme
             .parse(Path::new(path))
@@ -39,7 +39,7 @@ enum Kind {
 
 fn check_rejects(preset: Preset, cases: &[(&str, Kind)]) {
     assert!(cases.len() >= 10, "at least 10 malformed names per preset");
-    let scheme = NamingScheme::preset(preset);
+    let scheme = NamingScheme::preset(preset).unwrap();
     for (path, want) in cases {
         let err = match scheme.parse(Path::new(path)) {
             Ok(key) => panic!("{preset}: {path:?} should be rejected, got {key:?}"),
@@ -475,7 +475,7 @@ fn arbitrary_bytes_never_panic() {
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let schemes: Vec<_> = Preset::INSTRUMENTS
         .iter()
-        .map(|&p| NamingScheme::preset(p))
+        .map(|&p| NamingScheme::preset(p).unwrap())
         .collect();
     for _ in 0..5000 {
         let mut name = String::new();

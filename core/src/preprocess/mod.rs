@@ -7,6 +7,7 @@
 //! or cut into tiles.
 
 mod geometry;
+mod percentile;
 
 use std::path::PathBuf;
 
@@ -16,6 +17,7 @@ use thiserror::Error;
 use crate::image::{ImageError, Pages, Plane, ReadOptions, read_image};
 
 pub use geometry::{resize_area, tile_origins};
+pub use percentile::fit_percentiles;
 
 /// How images become model input; stored in checkpoints and bundles.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -394,42 +396,6 @@ impl PreprocessSpec {
             }
         }
     }
-}
-
-/// Per-channel percentile values over a sample of fields, for
-/// [`Normalization::Percentile`]. `fields` are `[c, h, w]` stacks of raw
-/// intensities; `low` and `high` are percentages (e.g. 1 and 99).
-pub fn fit_percentiles(
-    fields: &[&[f32]],
-    channels: usize,
-    low: f64,
-    high: f64,
-) -> (Vec<f32>, Vec<f32>) {
-    let mut lows = Vec::with_capacity(channels);
-    let mut highs = Vec::with_capacity(channels);
-    for c in 0..channels {
-        let mut values: Vec<f32> = fields
-            .iter()
-            .flat_map(|f| {
-                let n = f.len() / channels;
-                f[c * n..(c + 1) * n].iter().copied()
-            })
-            .filter(|x| x.is_finite())
-            .collect();
-        lows.push(percentile(&mut values, low));
-        highs.push(percentile(&mut values, high));
-    }
-    (lows, highs)
-}
-
-/// The `q`-th percentile (nearest rank) of `values`; NaN when empty.
-fn percentile(values: &mut [f32], q: f64) -> f32 {
-    if values.is_empty() {
-        return f32::NAN;
-    }
-    let rank = ((q / 100.0) * (values.len() - 1) as f64).round() as usize;
-    let rank = rank.min(values.len() - 1);
-    *values.select_nth_unstable_by(rank, f32::total_cmp).1
 }
 
 #[cfg(test)]
