@@ -344,8 +344,11 @@ impl DaemonConfig {
             };
             Invalid::new(key, format!("is invalid: {e}"))
         })?;
-        if let Some(channels) = &self.channels {
-            at_least("daemon.channels (count)", channels.len(), 1)?;
+        if self.channels.as_ref().is_some_and(Vec::is_empty) {
+            return Err(Invalid::new(
+                "daemon.channels",
+                "must list at least one channel when set",
+            ));
         }
         positive("daemon.shutdown_timeout", self.shutdown_timeout)?;
         positive("daemon.watch.poll_interval", self.watch.poll_interval)?;

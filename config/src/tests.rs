@@ -89,6 +89,14 @@ fn out_of_range_values_name_the_key() {
             format!("/etc/bfx/daemon.toml: {message}")
         );
     }
+    let no_channels = MINIMAL.replace(
+        "store = \"/data/out.zarr\"",
+        "store = \"/data/out.zarr\"\nchannels = []",
+    );
+    assert_eq!(
+        daemon_error(&no_channels),
+        "/etc/bfx/daemon.toml: daemon.channels must list at least one channel when set"
+    );
     let no_roots = MINIMAL.replace("roots = [\"incoming\"]", "roots = []");
     assert_eq!(
         daemon_error(&no_roots),

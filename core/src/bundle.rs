@@ -272,11 +272,6 @@ impl Bundle {
         }
         Ok(())
     }
-
-    /// The path of a file of the bundle.
-    pub fn file(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
 }
 
 impl BundleManifest {

@@ -3,7 +3,7 @@
 
 use bfx_core::image::ReadOptions;
 use bfx_core::preprocess::{ModelInput, PreprocessError, PreprocessSpec, SiteFiles};
-use ndarray::{Array4, Axis, concatenate};
+use ndarray::Array4;
 
 /// One site's model input as an `[n, c, h, w]` array (n = 1, or the tile count).
 pub fn site_array(
@@ -19,10 +19,4 @@ pub fn to_array(input: ModelInput) -> Array4<f32> {
     let [n, c, h, w] = input.shape;
     // `preprocess` fills exactly n * c * h * w samples for the shape it reports.
     Array4::from_shape_vec((n, c, h, w), input.data).expect("ModelInput data matches its shape")
-}
-
-/// Stack sites' arrays along the batch axis; `None` for no sites or differing shapes.
-pub fn batch(sites: &[Array4<f32>]) -> Option<Array4<f32>> {
-    let views: Vec<_> = sites.iter().map(|a| a.view()).collect();
-    concatenate(Axis(0), &views).ok()
 }

@@ -77,15 +77,12 @@ pub(super) fn decode_page<R: Read + Seek>(
             let src = raw.get(row * cw * bytes_per_sample..(row + 1) * cw * bytes_per_sample)?;
             let mut prev = 0u64;
             for (col, sample) in src.chunks_exact(bytes_per_sample).enumerate() {
-                let mut value = sample
-                    .iter()
-                    .fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
-                if !big_endian {
-                    value = sample
-                        .iter()
-                        .rev()
-                        .fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
-                }
+                let push = |acc: u64, &b: &u8| (acc << 8) | u64::from(b);
+                let mut value = if big_endian {
+                    sample.iter().fold(0, push)
+                } else {
+                    sample.iter().rev().fold(0, push)
+                };
                 if predictor == 2 {
                     value = (value + prev) & ((1u64 << bits) - 1);
                     prev = value;

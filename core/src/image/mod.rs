@@ -186,17 +186,6 @@ pub enum ImageErrorKind {
     DecoderPanic(String),
 }
 
-impl ImageErrorKind {
-    /// True for conditions that may clear up when a file that is still being
-    /// written is complete: I/O errors and truncated or corrupt data.
-    pub fn may_be_incomplete(&self) -> bool {
-        matches!(
-            self,
-            ImageErrorKind::Io(_) | ImageErrorKind::Empty | ImageErrorKind::Corrupt(_)
-        )
-    }
-}
-
 const TIFF_MAGICS: [&[u8]; 4] = [b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"];
 const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
 
