@@ -1,10 +1,17 @@
 //! The `bfx-trainer` command.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use std::time::Instant;
+
 use anyhow::Context;
+use bfx_core::naming::{NamingScheme, Preset};
+use bfx_trainer::dataset::{Dataset, Manifest, PlateMap, scan_acquisition};
+use bfx_trainer::synth::{self, SynthPreset};
+use bfx_trainer::{calibrate, sheet};
 use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 
 /// Train and evaluate batch-effect-robust models of microscopy screens.
 #[derive(Parser)]
@@ -21,6 +28,112 @@ enum Command {
         /// Configuration file.
         file: PathBuf,
     },
+    /// Write a synthetic screen with known ground truth.
+    ///
+    /// Writes an acquisition tree as a microscope would (one 16-bit
+    /// grayscale TIFF per channel per site, named by an instrument preset),
+    /// `manifest.csv` (one row per site: plate, well, site, series,
+    /// section, label, one path per channel) and `design.json` (class
+    /// definitions, the batch effects of every series, plate, section and
+    /// well, and the cross-validation folds of every level).
+    ///
+    /// Deterministic: the same preset, seed and naming give byte-identical
+    /// files on every run and any number of threads.
+    #[command(verbatim_doc_comment)]
+    Synth {
+        /// Screen preset: tiny (48 sites, for tests), grid-like, lincs-like, rxrx-like.
+        #[arg(long, value_enum)]
+        preset: SynthPreset,
+        /// Output folder (created; must be empty if it exists).
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed of every random choice.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Instrument naming of the files.
+        #[arg(long, value_enum, default_value = "imagexpress")]
+        naming: NamingArg,
+    },
+    /// Build a manifest by scanning an acquisition folder with a naming
+    /// preset and labelling wells from a plate map CSV (well, label[,
+    /// plate, series, section]).
+    Manifest {
+        /// Acquisition root.
+        #[arg(long)]
+        root: PathBuf,
+        /// Naming preset of the files.
+        #[arg(long, value_enum)]
+        naming: NamingArg,
+        /// Plate map CSV.
+        #[arg(long)]
+        plate_map: PathBuf,
+        /// Channel identifiers as the naming scheme writes them, in model order (e.g. w1,w2,w3).
+        #[arg(long, value_delimiter = ',', required = true)]
+        channels: Vec<String>,
+        /// Manifest to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write a PNG contact sheet: rows are classes, columns plates, channels in false colour.
+    ContactSheet {
+        /// Acquisition root (the folder `synth` wrote).
+        #[arg(long)]
+        root: PathBuf,
+        /// Manifest (default: <root>/manifest.csv).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// PNG to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Sites shown per class and plate.
+        #[arg(long, default_value_t = 2)]
+        sites: usize,
+        /// Magnification of each field.
+        #[arg(long, default_value_t = 1)]
+        zoom: usize,
+    },
+    /// Calibration report of a screen: a linear probe on per-image intensity
+    /// features predicts the plate (are batch effects visible?) and the
+    /// label at every split level (do they confound biology?).
+    Calibrate {
+        /// Acquisition root (the folder `synth` wrote).
+        #[arg(long)]
+        root: PathBuf,
+        /// Manifest (default: <root>/manifest.csv).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// Markdown report to write (the table is printed either way).
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Also write a contact sheet PNG next to the report and show it there.
+        #[arg(long, requires = "report")]
+        sheet: Option<PathBuf>,
+        /// Command line to name in the report as the way to remake it.
+        #[arg(long, default_value = "bfx-trainer calibrate")]
+        made_by: String,
+    },
+}
+
+/// Instrument naming presets that write files (not `custom`).
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum NamingArg {
+    Imagexpress,
+    Opera,
+    Yokogawa,
+    Cellomics,
+    Rxrx,
+}
+
+impl From<NamingArg> for Preset {
+    fn from(n: NamingArg) -> Preset {
+        match n {
+            NamingArg::Imagexpress => Preset::Imagexpress,
+            NamingArg::Opera => Preset::Opera,
+            NamingArg::Yokogawa => Preset::Yokogawa,
+            NamingArg::Cellomics => Preset::Cellomics,
+            NamingArg::Rxrx => Preset::Rxrx,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -66,5 +179,148 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("     output        {}", c.out.display());
             Ok(())
         }
+        Command::Synth {
+            preset,
+            out,
+            seed,
+            naming,
+        } => {
+            let started = Instant::now();
+            let bar = progress_bar("rendering sites");
+            let summary = synth::generate(preset, &out, seed, naming.into(), &bar)
+                .with_context(|| format!("cannot write the {preset} screen"))?;
+            let d = &summary.design;
+            println!(
+                "wrote {preset} screen to {} in {:.1} s: {} sites, {} plates in {} series, {} classes, {}x{} px, channels {}",
+                out.display(),
+                started.elapsed().as_secs_f64(),
+                summary.manifest.rows.len(),
+                d.plates.len(),
+                d.series.len(),
+                d.classes.len(),
+                d.image_size,
+                d.image_size,
+                d.channels
+                    .iter()
+                    .map(|c| format!("{}={}", c.id, c.stain))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            println!(
+                "     {} and {} describe it",
+                out.join(synth::MANIFEST_FILE).display(),
+                out.join(synth::DESIGN_FILE).display()
+            );
+            Ok(())
+        }
+        Command::Manifest {
+            root,
+            naming,
+            plate_map,
+            channels,
+            out,
+        } => {
+            let scheme = NamingScheme::preset(naming.into())?;
+            let map = PlateMap::read(&plate_map)?;
+            let (manifest, report) = scan_acquisition(&root, &scheme, &channels, &map)?;
+            manifest.write(&out)?;
+            println!("wrote {} with {} sites", out.display(), manifest.rows.len());
+            if report.unannotated_sites > 0 {
+                println!(
+                    "     left out {} site(s) in wells the plate map does not list",
+                    report.unannotated_sites
+                );
+            }
+            if report.unnamed_count > 0 {
+                println!(
+                    "     ignored {} file(s) that do not fit the naming scheme, e.g.:",
+                    report.unnamed_count
+                );
+                for e in &report.unnamed {
+                    println!("       {e}");
+                }
+            }
+            Ok(())
+        }
+        Command::Calibrate {
+            root,
+            manifest,
+            report,
+            sheet,
+            made_by,
+        } => calibrate(&root, manifest, report, sheet, &made_by),
+        Command::ContactSheet {
+            root,
+            manifest,
+            out,
+            sites,
+            zoom,
+        } => {
+            let path = manifest.unwrap_or_else(|| root.join(synth::MANIFEST_FILE));
+            let manifest = Manifest::read(&path)?;
+            let legend = sheet::contact_sheet(&manifest, &root, &out, sites.max(1), zoom.max(1))
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!("wrote {}", out.display());
+            println!("     rows (classes): {}", legend.rows.join(", "));
+            println!("     columns (plates): {}", legend.columns.join(", "));
+            let colours: Vec<String> = legend
+                .colours
+                .iter()
+                .map(|(c, k)| format!("{c} {k}"))
+                .collect();
+            println!("     colours: {}", colours.join(", "));
+            Ok(())
+        }
     }
+}
+
+fn calibrate(
+    root: &Path,
+    manifest: Option<PathBuf>,
+    report: Option<PathBuf>,
+    sheet_png: Option<PathBuf>,
+    made_by: &str,
+) -> anyhow::Result<()> {
+    let path = manifest.unwrap_or_else(|| root.join(synth::MANIFEST_FILE));
+    let first = Manifest::read(&path)?;
+    let data = Dataset::open(root, &path, &first.channels)?;
+    let results = calibrate::calibrate(&data)?;
+    println!("predicts  split     folds  accuracy        macro-F1  chance");
+    for r in &results {
+        println!(
+            "{:<9} {:<9} {:>5}  {:.3} ± {:.3}   {:.3}     {:.3}",
+            r.target, r.level, r.folds, r.accuracy, r.accuracy_std, r.macro_f1, r.chance
+        );
+    }
+    let Some(report) = report else {
+        return Ok(());
+    };
+    let design_path = root.join(synth::DESIGN_FILE);
+    let design: Option<synth::Design> = match std::fs::read_to_string(&design_path) {
+        Ok(text) => Some(
+            serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a synth design", design_path.display()))?,
+        ),
+        Err(_) => None,
+    };
+    let legend = match &sheet_png {
+        Some(png) => Some(sheet::contact_sheet(&data.manifest, root, png, 2, 2)?),
+        None => None,
+    };
+    let shown = sheet_png.as_deref().zip(legend.as_ref());
+    let md = calibrate::report(&data, design.as_ref(), &results, shown, made_by);
+    std::fs::write(&report, md).with_context(|| format!("cannot write {}", report.display()))?;
+    println!("wrote {}", report.display());
+    Ok(())
+}
+
+fn progress_bar(what: &'static str) -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} [{elapsed} < {eta}]")
+            // The template is a constant of this file.
+            .expect("valid progress template"),
+    );
+    bar.set_message(what);
+    bar
 }

@@ -1,0 +1,143 @@
+//! Biological classes: the morphology a perturbation gives its cells.
+//!
+//! A class is the mean of each cell feature; every cell draws its own
+//! features around those means with large log-normal spread, so classes
+//! overlap and a single cell rarely tells its class.
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::effects::standard_normal;
+
+/// Features a class can change, as log-scale multipliers of the control.
+pub const FEATURES: [&str; 10] = [
+    "nucleus_radius",
+    "nucleus_elongation",
+    "cell_radius",
+    "mito_density",
+    "mito_length",
+    "spot_count",
+    "spot_clustering",
+    "dna_intensity",
+    "actin_intensity",
+    "lyso_intensity",
+];
+
+/// Mean features of one class (lengths in pixels at pixel scale 1).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClassSpec {
+    /// Label written to the manifest.
+    pub name: String,
+    /// Which features differ from the control, with their log-scale shift.
+    pub changes: Vec<(String, f32)>,
+    /// Nucleus radius (geometric mean of the axes).
+    pub nucleus_radius: f32,
+    /// Major/minor axis ratio of the nucleus (>= 1).
+    pub nucleus_elongation: f32,
+    /// Cell radius: how far the cell spreads.
+    pub cell_radius: f32,
+    /// Mitochondrial filaments per 100 px^2 of cytoplasm.
+    pub mito_density: f32,
+    /// Mean filament length (fragmented vs tubular mitochondria).
+    pub mito_length: f32,
+    /// Mean puncta (lysosome-like spots) per cell.
+    pub spot_count: f32,
+    /// 0: spots spread over the cytoplasm; 1: packed around the nucleus.
+    pub spot_clustering: f32,
+    /// Brightness per channel (dna, actin, mito, lyso).
+    pub intensity: [f32; 4],
+}
+
+impl ClassSpec {
+    /// The unperturbed cell.
+    pub fn control(name: &str) -> ClassSpec {
+        ClassSpec {
+            name: name.to_owned(),
+            changes: Vec::new(),
+            nucleus_radius: 4.2,
+            nucleus_elongation: 1.25,
+            cell_radius: 9.0,
+            mito_density: 1.6,
+            mito_length: 6.0,
+            spot_count: 9.0,
+            spot_clustering: 0.35,
+            intensity: [2600.0, 700.0, 1300.0, 900.0],
+        }
+    }
+
+    /// A perturbed class: `n_changes` features of the control shifted by
+    /// `effect` (log scale) up or down. Real perturbations change a few
+    /// features, not all.
+    pub fn perturbed(name: &str, n_changes: usize, effect: f32, rng: &mut impl Rng) -> ClassSpec {
+        let mut class = ClassSpec::control(name);
+        let mut order: Vec<usize> = (0..FEATURES.len()).collect();
+        for i in 0..n_changes.min(FEATURES.len()) {
+            let j = rng.random_range(i..order.len());
+            order.swap(i, j);
+            let feature = order[i];
+            let sign = if rng.random::<bool>() { 1.0 } else { -1.0 };
+            let shift = sign * effect * rng.random_range(0.8..1.25);
+            class.shift(feature, shift);
+            class.changes.push((FEATURES[feature].to_owned(), shift));
+        }
+        class
+    }
+
+    fn shift(&mut self, feature: usize, log_shift: f32) {
+        let m = log_shift.exp();
+        match feature {
+            0 => self.nucleus_radius *= m,
+            1 => self.nucleus_elongation = 1.0 + (self.nucleus_elongation - 1.0) * m * m,
+            2 => self.cell_radius *= m,
+            3 => self.mito_density *= m,
+            4 => self.mito_length *= m * m,
+            5 => self.spot_count *= m * m,
+            6 => self.spot_clustering = (self.spot_clustering * m * m).clamp(0.0, 1.0),
+            7 => self.intensity[0] *= m,
+            8 => self.intensity[1] *= m,
+            _ => self.intensity[3] *= m,
+        }
+    }
+
+    /// One cell's features: the class means times log-normal cell-to-cell
+    /// variation (`spread` is the log-scale standard deviation).
+    pub fn cell(&self, spread: f32, rng: &mut impl Rng) -> CellFeatures {
+        let mut v = |mean: f32, sd: f32| mean * (sd * standard_normal(rng)).exp();
+        let nucleus_radius = v(self.nucleus_radius, spread * 0.8);
+        // A cell is never smaller than its nucleus plus a rim of cytoplasm.
+        let cell_radius = v(self.cell_radius, spread).max(nucleus_radius * 1.35 + 1.0);
+        CellFeatures {
+            nucleus_radius,
+            nucleus_elongation: 1.0 + v(self.nucleus_elongation - 1.0, spread * 1.5),
+            cell_radius,
+            mito_density: v(self.mito_density, spread),
+            mito_length: v(self.mito_length, spread),
+            spot_count: v(self.spot_count, spread * 1.2),
+            spot_clustering: (self.spot_clustering + 0.15 * standard_normal(rng)).clamp(0.0, 1.0),
+            intensity: self
+                .intensity
+                .map(|i| i * (spread * 0.8 * standard_normal(rng)).exp()),
+        }
+    }
+}
+
+/// The features of one drawn cell.
+#[derive(Clone, Debug)]
+pub struct CellFeatures {
+    /// Nucleus radius, pixels at scale 1.
+    pub nucleus_radius: f32,
+    /// Nucleus axis ratio.
+    pub nucleus_elongation: f32,
+    /// Cell radius, pixels at scale 1.
+    pub cell_radius: f32,
+    /// Filaments per 100 px^2 of cytoplasm.
+    pub mito_density: f32,
+    /// Filament length, pixels at scale 1.
+    pub mito_length: f32,
+    /// Expected spot count.
+    pub spot_count: f32,
+    /// Perinuclear clustering of spots.
+    pub spot_clustering: f32,
+    /// Brightness per channel.
+    pub intensity: [f32; 4],
+}
