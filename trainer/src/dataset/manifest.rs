@@ -104,7 +104,7 @@ pub enum ManifestError {
     #[error("{0}: {1}")]
     Format(PathBuf, String),
     /// Rows with problems; every offending row is listed.
-    #[error("{path}: {} problem(s):{}", problems.len(), list(problems))]
+    #[error("{path}: {} problem(s):{}", problems.len(), problem_list(problems))]
     Invalid {
         /// The manifest.
         path: PathBuf,
@@ -116,7 +116,8 @@ pub enum ManifestError {
 /// At most this many problems are spelled out; the count is always exact.
 const SHOWN_PROBLEMS: usize = 20;
 
-fn list(problems: &[String]) -> String {
+/// Problems one per line, the first few spelled out and the rest counted.
+pub(crate) fn problem_list(problems: &[String]) -> String {
     let mut s = String::new();
     for p in problems.iter().take(SHOWN_PROBLEMS) {
         let _ = write!(s, "\n  {p}");

@@ -244,3 +244,166 @@ impl PairSampler {
         (self.content.next_batch(), self.style.next_batch())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+
+    /// 100 items: class = i % 4 with class 0 four times as frequent, env = i / 25.
+    fn skewed() -> (Vec<usize>, Vec<usize>) {
+        let classes: Vec<usize> = (0..100)
+            .map(|i| if i < 55 { 0 } else { 1 + i % 3 })
+            .collect();
+        let envs: Vec<usize> = (0..100)
+            .map(|i| if i < 70 { 0 } else { 1 + i % 2 })
+            .collect();
+        (classes, envs)
+    }
+
+    fn frequencies(batches: &[Vec<usize>], key: &[usize]) -> BTreeMap<usize, f64> {
+        let total: usize = batches.iter().map(Vec::len).sum();
+        let mut f = BTreeMap::new();
+        for &i in batches.iter().flatten() {
+            *f.entry(key[i]).or_insert(0.0) += 1.0 / total as f64;
+        }
+        f
+    }
+
+    #[test]
+    fn uniform_visits_every_item_once_per_epoch() {
+        let (classes, envs) = skewed();
+        let mut s = Sampler::new(SamplerKind::Uniform, &classes, &envs, 30, 1).unwrap();
+        // 10 batches of 30 = exactly 3 epochs of 100.
+        let all: Vec<usize> = (0..10).flat_map(|_| s.next_batch()).collect();
+        for epoch in all.chunks(100) {
+            let seen: BTreeSet<usize> = epoch.iter().copied().collect();
+            assert_eq!(seen.len(), 100);
+        }
+        assert_ne!(&all[..100], &all[100..200], "each epoch is reshuffled");
+    }
+
+    #[test]
+    fn balanced_samplers_equalize_skewed_groups() {
+        let (classes, envs) = skewed();
+        let mut s = Sampler::new(SamplerKind::ClassBalanced, &classes, &envs, 32, 2).unwrap();
+        let batches: Vec<Vec<usize>> = (0..300).map(|_| s.next_batch()).collect();
+        for (_, f) in frequencies(&batches, &classes) {
+            assert!((f - 0.25).abs() < 0.03, "class frequency {f}");
+        }
+        let mut s = Sampler::new(SamplerKind::EnvBalanced, &classes, &envs, 32, 2).unwrap();
+        let batches: Vec<Vec<usize>> = (0..300).map(|_| s.next_batch()).collect();
+        for (_, f) in frequencies(&batches, &envs) {
+            assert!((f - 1.0 / 3.0).abs() < 0.03, "environment frequency {f}");
+        }
+    }
+
+    #[test]
+    fn plate_consistent_batches_never_mix_plates() {
+        let (classes, envs) = skewed();
+        let mut s = Sampler::new(SamplerKind::PlateConsistent, &classes, &envs, 16, 3).unwrap();
+        let mut per_plate = BTreeMap::new();
+        for _ in 0..400 {
+            let b = s.next_batch();
+            assert_eq!(b.len(), 16);
+            let plates: BTreeSet<usize> = b.iter().map(|&i| envs[i]).collect();
+            assert_eq!(plates.len(), 1, "batch mixes plates {plates:?}");
+            // Without replacement up to the plate's size (70, 15 and 15 items).
+            let distinct: BTreeSet<usize> = b.iter().copied().collect();
+            let size = envs.iter().filter(|&&e| e == envs[b[0]]).count();
+            assert_eq!(distinct.len(), size.min(16));
+            *per_plate.entry(envs[b[0]]).or_insert(0) += 1;
+        }
+        // Plates are drawn in proportion to their size (70 / 15 / 15).
+        assert!(
+            (per_plate[&0] as f64 / 400.0 - 0.7).abs() < 0.08,
+            "{per_plate:?}"
+        );
+        assert!(per_plate.len() == 3);
+    }
+
+    #[test]
+    fn y_grouped_batches_hold_k_classes_of_n() {
+        let (classes, envs) = skewed();
+        let kind = SamplerKind::YGrouped {
+            classes: 2,
+            per_class: 5,
+        };
+        let mut s = Sampler::new(kind, &classes, &envs, 999, 4).unwrap();
+        let mut with_class0 = 0;
+        for _ in 0..300 {
+            let b = s.next_batch();
+            assert_eq!(b.len(), 10);
+            let mut counts: BTreeMap<usize, usize> = BTreeMap::new();
+            for &i in &b {
+                *counts.entry(classes[i]).or_insert(0) += 1;
+            }
+            assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![5, 5]);
+            with_class0 += usize::from(counts.contains_key(&0));
+        }
+        // Drawn by frequency: the class with 55% of the items is in most batches.
+        assert!(with_class0 > 240, "class 0 in {with_class0} of 300 batches");
+        let too_many = SamplerKind::YGrouped {
+            classes: 5,
+            per_class: 2,
+        };
+        assert_eq!(
+            Sampler::new(too_many, &classes, &envs, 8, 0).err(),
+            Some(SamplerError::TooFewClasses { wanted: 5, have: 4 })
+        );
+    }
+
+    #[test]
+    fn content_style_pairs_decorrelate_class_and_environment() {
+        // Perfect confounding in the data: class c lives only in environment c.
+        let classes: Vec<usize> = (0..120).map(|i| i % 3).collect();
+        let envs = classes.clone();
+        let mut s = PairSampler::new(&classes, &envs, 32, 5).unwrap();
+        let mut table = [[0usize; 3]; 3];
+        for _ in 0..400 {
+            let (content, style) = s.next_pairs();
+            assert_eq!(content.len(), style.len());
+            for (c, st) in content.iter().zip(&style) {
+                table[classes[*c]][envs[*st]] += 1;
+            }
+        }
+        // Every (content class, style environment) pair is about equally frequent.
+        let expected = 400.0 * 32.0 / 9.0;
+        for row in table {
+            for n in row {
+                assert!((n as f64 / expected - 1.0).abs() < 0.1, "{table:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_inputs_are_refused() {
+        assert_eq!(
+            Sampler::new(SamplerKind::Uniform, &[], &[], 4, 0).err(),
+            Some(SamplerError::Empty)
+        );
+        assert_eq!(
+            Sampler::new(SamplerKind::Uniform, &[0, 1], &[0], 4, 0).err(),
+            Some(SamplerError::Mismatch {
+                classes: 2,
+                envs: 1
+            })
+        );
+        assert_eq!(
+            Sampler::new(SamplerKind::Uniform, &[0], &[0], 0, 0).err(),
+            Some(SamplerError::ZeroBatch)
+        );
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_batches() {
+        let (classes, envs) = skewed();
+        let draw = |seed| {
+            let mut s = Sampler::new(SamplerKind::ClassBalanced, &classes, &envs, 8, seed).unwrap();
+            (0..5).map(|_| s.next_batch()).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(7), draw(7));
+        assert_ne!(draw(7), draw(8));
+    }
+}

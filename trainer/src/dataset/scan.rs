@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use bfx_core::naming::{NamingError, NamingScheme, PlateFormat, SiteKey, Well};
 
 use super::DatasetError;
-use super::manifest::{Manifest, SiteRow};
+use super::manifest::{Manifest, SiteRow, problem_list};
 
 /// Well annotations.
 #[derive(Clone, Debug, Default)]
@@ -89,9 +89,9 @@ impl PlateMap {
         }
         if !problems.is_empty() {
             return Err(err(format!(
-                "{} problem(s):\n  {}",
+                "{} problem(s):{}",
                 problems.len(),
-                problems.join("\n  ")
+                problem_list(&problems)
             )));
         }
         Ok(map)
@@ -130,6 +130,7 @@ pub fn scan_acquisition(
     let mut report = ScanReport::default();
     let mut sites: BTreeMap<SiteKey, BTreeMap<String, PathBuf>> = BTreeMap::new();
     let mut problems = Vec::new();
+    let mut planes: HashMap<SiteKey, (Option<u32>, Option<u32>)> = HashMap::new();
     for rel in files {
         let key = match scheme.parse(&rel) {
             Ok(key) => key,
@@ -142,17 +143,25 @@ pub fn scan_acquisition(
                 continue;
             }
         };
-        if key.site.timepoint.is_some() || key.site.z.is_some() {
-            problems.push(format!(
-                "{}: time points and z planes are not supported in training manifests",
-                rel.display()
-            ));
-            continue;
-        }
         if !channels.contains(&key.channel) {
             continue;
         }
-        let site = sites.entry(key.site.clone()).or_default();
+        // Instruments name the single plane and time point of an ordinary
+        // acquisition too (Opera `p01`, `sk1`); only several of them per
+        // site are refused below.
+        let mut site_key = key.site.clone();
+        let plane = (site_key.timepoint.take(), site_key.z.take());
+        match planes.insert(site_key.clone(), plane) {
+            Some(other) if other != plane => {
+                problems.push(format!(
+                    "{}: site {site_key} has several time points or z planes; training manifests take one image per channel and site",
+                    rel.display()
+                ));
+                continue;
+            }
+            _ => {}
+        }
+        let site = sites.entry(site_key).or_default();
         if let Some(first) = site.insert(key.channel.clone(), rel.clone()) {
             problems.push(format!(
                 "{}: site {} already has channel {} in {}",
@@ -194,11 +203,7 @@ pub fn scan_acquisition(
     if !problems.is_empty() {
         return Err(DatasetError::Scan(
             root.to_owned(),
-            format!(
-                "{} problem(s):\n  {}",
-                problems.len(),
-                problems.join("\n  ")
-            ),
+            format!("{} problem(s):{}", problems.len(), problem_list(&problems)),
         ));
     }
     if rows.is_empty() {
