@@ -35,7 +35,7 @@ fn the_example_configs_parse() {
     assert_eq!(daemon.batch, daemon::BatchConfig::default());
     let trainer = load_trainer(&example("trainer.toml")).unwrap();
     assert_eq!(trainer.method.name, "abra");
-    assert_eq!(trainer.preprocess.channels, ["w1", "w2", "w3"]);
+    assert_eq!(trainer.preprocess.channels, ["w1", "w2", "w3", "w4"]);
     assert_eq!(trainer.out, example("runs/abra-grid"));
 }
 

@@ -203,6 +203,33 @@ pub fn report(
         }
         let _ = writeln!(
             md,
+            "\nBatch effects of series and plate together (sections and wells add smaller ones), \
+             as the generator realized them:\n\n\
+             | plate | gain dna / actin / mito / lyso | gamma dna | blur sigma (px) | sharpening | \
+             pixel scale | cell density | dna bleed into actin | read noise |\n\
+             |---|---|---|---|---|---|---|---|---|"
+        );
+        for p in &d.plates {
+            let Some(series) = d.series.iter().find(|s| s.name == p.series) else {
+                continue;
+            };
+            let o = (&series.effects + &p.effects).realize();
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.2} | {:.2} | {:+.2} | {:.2} | {:.2} | {:.3} | {:.1} |",
+                p.name,
+                o.gain.map(|g| format!("{g:.2}")).join(" / "),
+                o.gamma[0],
+                o.blur_sigma,
+                o.sharpness,
+                o.scale,
+                o.density,
+                o.bleed[0][1],
+                o.read_noise
+            );
+        }
+        let _ = writeln!(
+            md,
             "\n| class | features changed from the control (log-scale shift) |\n|---|---|"
         );
         for c in &d.classes {

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use bfx_core::naming::{NamingScheme, Preset};
-use bfx_trainer::dataset::{Dataset, Manifest, PlateMap, scan_acquisition};
+use bfx_trainer::dataset::{Dataset, EnvLevel, Manifest, PlateMap, scan_acquisition, split};
 use bfx_trainer::synth::{self, SynthPreset};
 use bfx_trainer::{calibrate, sheet};
 use clap::{Parser, Subcommand};
@@ -177,7 +177,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 c.split.level, c.split.fold
             );
             println!("     output        {}", c.out.display());
-            Ok(())
+            check_data(&c)
         }
         Command::Synth {
             preset,
@@ -191,10 +191,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot write the {preset} screen"))?;
             let d = &summary.design;
             println!(
-                "wrote {preset} screen to {} in {:.1} s: {} sites, {} plates in {} series, {} classes, {}x{} px, channels {}",
+                "wrote {preset} screen to {} in {:.1} s: {} sites ({:.1} MB), {} plates in {} series, {} classes, {}x{} px, channels {}",
                 out.display(),
                 started.elapsed().as_secs_f64(),
                 summary.manifest.rows.len(),
+                summary.bytes as f64 / 1e6,
                 d.plates.len(),
                 d.series.len(),
                 d.classes.len(),
@@ -272,6 +273,51 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The data a config names: manifest rows against files and channels, and
+/// the folds of every split level.
+fn check_data(c: &bfx_config::TrainerConfig) -> anyhow::Result<()> {
+    if !c.data.manifest.is_file() {
+        anyhow::bail!(
+            "trainer.data.manifest {} does not exist; write one with `bfx-trainer manifest` or generate a screen with `bfx-trainer synth`",
+            c.data.manifest.display()
+        );
+    }
+    let data = Dataset::open(&c.data.root, &c.data.manifest, &c.preprocess.channels)
+        .context("invalid training data")?;
+    let plates = data.envs(EnvLevel::Plate).map_or(0, |(p, _)| p.len());
+    println!(
+        "ok   data          {} sites, {} classes, {} plates",
+        data.manifest.rows.len(),
+        data.classes.len(),
+        plates
+    );
+    for level in split::LEVELS {
+        match split::fold_units(&data.manifest.rows, level) {
+            Ok(folds) => println!(
+                "     split {:<7} {} folds",
+                split::level_name(level),
+                folds.len()
+            ),
+            Err(e) => println!(
+                "     split {:<7} unavailable: {e}",
+                split::level_name(level)
+            ),
+        }
+    }
+    let s = data
+        .split(c.split.level, c.split.fold)
+        .context("trainer.split")?;
+    println!(
+        "ok   split         {} fold {}: {} train, {} validation, {} test sites",
+        s.level,
+        s.fold,
+        s.train.len(),
+        s.val.len(),
+        s.test.len()
+    );
+    Ok(())
 }
 
 fn calibrate(

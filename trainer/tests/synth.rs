@@ -355,3 +355,50 @@ fn contact_sheet_lays_out_classes_by_plates() {
         }
     }
 }
+
+#[test]
+fn check_config_validates_the_data_it_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    generate(
+        SynthPreset::Tiny,
+        &tmp.path().join("screen"),
+        Preset::Imagexpress,
+    );
+    let config = |channels: &str, level: &str| {
+        let path = tmp.path().join("trainer.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[trainer]\nout = \"run\"\n[trainer.data]\nroot = \"screen\"\nmanifest = \"screen/manifest.csv\"\n\
+                 [trainer.preprocess]\nchannels = [{channels}]\nnormalization = {{ kind = \"self-standardize\", eps = 1e-6 }}\n\
+                 geometry = {{ kind = \"resize\", height = 32, width = 32 }}\n[trainer.split]\nlevel = \"{level}\"\nfold = 1\n"
+            ),
+        )
+        .unwrap();
+        trainer().arg("check-config").arg(&path).output().unwrap()
+    };
+    let ok = config("\"w1\", \"w2\", \"w3\", \"w4\"", "series");
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(stdout.contains("48 sites, 4 classes, 4 plates"), "{stdout}");
+    assert!(stdout.contains("series fold 1: "), "{stdout}");
+
+    let bad = config("\"w1\", \"w2\", \"w5\", \"w4\"", "series");
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(
+        stderr.contains("invalid training data") && stderr.contains("`path_w5`"),
+        "{stderr}"
+    );
+
+    std::fs::remove_file(tmp.path().join("screen/S2P2/S2P2_B02_s1_w3.tif"))
+        .expect("a tiny screen file");
+    let missing = config("\"w1\", \"w2\", \"w3\", \"w4\"", "iid");
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success(), "a missing file passes");
+    assert!(stderr.contains("does not exist"), "{stderr}");
+}

@@ -66,6 +66,8 @@ pub struct Summary {
     pub design: Design,
     /// The manifest (also in `manifest.csv`).
     pub manifest: Manifest,
+    /// Bytes of image files written.
+    pub bytes: u64,
 }
 
 /// Write a synthetic screen into `out` (created; must be empty if it exists).
@@ -131,7 +133,18 @@ pub fn generate(
         .map_err(|e| SynthError::Design(format!("cannot serialize the design: {e}")))?;
     let path = out.join(DESIGN_FILE);
     std::fs::write(&path, json + "\n").map_err(|e| SynthError::Io(path, e))?;
-    Ok(Summary { design, manifest })
+    let bytes = manifest
+        .rows
+        .iter()
+        .flat_map(|r| &r.paths)
+        .filter_map(|p| std::fs::metadata(out.join(p)).ok())
+        .map(|m| m.len())
+        .sum();
+    Ok(Summary {
+        design,
+        manifest,
+        bytes,
+    })
 }
 
 fn prepare_output(out: &Path) -> Result<(), SynthError> {
