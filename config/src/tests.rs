@@ -188,3 +188,25 @@ fn trainer_values_are_checked() {
     let level = bad("# level = \"iid\"", "level = \"well\"");
     assert!(level.contains("unknown variant `well`"), "{level}");
 }
+
+#[test]
+fn split_levels_parse_by_name_and_number() {
+    use crate::trainer::SplitLevel;
+    for (text, level) in [
+        ("iid", SplitLevel::Iid),
+        ("0", SplitLevel::Iid),
+        ("1", SplitLevel::Section),
+        ("Section", SplitLevel::Section),
+        ("2", SplitLevel::Plate),
+        ("plate", SplitLevel::Plate),
+        ("3", SplitLevel::Series),
+        ("series", SplitLevel::Series),
+    ] {
+        assert_eq!(text.parse::<SplitLevel>(), Ok(level), "{text}");
+    }
+    let err = "4".parse::<SplitLevel>().unwrap_err();
+    assert!(
+        err.contains("use iid (0), section (1), plate (2) or series (3)"),
+        "{err}"
+    );
+}

@@ -142,6 +142,24 @@ pub enum SplitLevel {
     Series,
 }
 
+impl std::str::FromStr for SplitLevel {
+    type Err = String;
+
+    /// A level by name or by the IST paper's number: `iid` (or `0`),
+    /// `section` (`1`), `plate` (`2`), `series` (`3`), as command-line flags write it.
+    fn from_str(s: &str) -> Result<SplitLevel, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "iid" | "0" => Ok(SplitLevel::Iid),
+            "section" | "1" => Ok(SplitLevel::Section),
+            "plate" | "2" => Ok(SplitLevel::Plate),
+            "series" | "3" => Ok(SplitLevel::Series),
+            other => Err(format!(
+                "unknown split level {other:?}: use iid (0), section (1), plate (2) or series (3)"
+            )),
+        }
+    }
+}
+
 /// `[trainer.split]`.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]

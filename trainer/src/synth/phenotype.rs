@@ -23,29 +23,16 @@ pub const FEATURES: [&str; 10] = [
     "lyso_intensity",
 ];
 
-/// Mean features of one class (lengths in pixels at pixel scale 1).
+/// One biological class: the mean morphology of its cells.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClassSpec {
     /// Label written to the manifest.
     pub name: String,
     /// Which features differ from the control, with their log-scale shift.
     pub changes: Vec<(String, f32)>,
-    /// Nucleus radius (geometric mean of the axes).
-    pub nucleus_radius: f32,
-    /// Major/minor axis ratio of the nucleus (>= 1).
-    pub nucleus_elongation: f32,
-    /// Cell radius: how far the cell spreads.
-    pub cell_radius: f32,
-    /// Mitochondrial filaments per 100 px^2 of cytoplasm.
-    pub mito_density: f32,
-    /// Mean filament length (fragmented vs tubular mitochondria).
-    pub mito_length: f32,
-    /// Mean puncta (lysosome-like spots) per cell.
-    pub spot_count: f32,
-    /// 0: spots spread over the cytoplasm; 1: packed around the nucleus.
-    pub spot_clustering: f32,
-    /// Brightness per channel (dna, actin, mito, lyso).
-    pub intensity: [f32; 4],
+    /// Mean features of the class's cells.
+    #[serde(flatten)]
+    pub mean: Morphology,
 }
 
 impl ClassSpec {
@@ -54,14 +41,16 @@ impl ClassSpec {
         ClassSpec {
             name: name.to_owned(),
             changes: Vec::new(),
-            nucleus_radius: 4.2,
-            nucleus_elongation: 1.25,
-            cell_radius: 9.0,
-            mito_density: 1.6,
-            mito_length: 6.0,
-            spot_count: 9.0,
-            spot_clustering: 0.35,
-            intensity: [2600.0, 700.0, 1300.0, 900.0],
+            mean: Morphology {
+                nucleus_radius: 4.2,
+                nucleus_elongation: 1.25,
+                cell_radius: 9.0,
+                mito_density: 1.6,
+                mito_length: 6.0,
+                spot_count: 9.0,
+                spot_clustering: 0.35,
+                intensity: [2600.0, 700.0, 1300.0, 900.0],
+            },
         }
     }
 
@@ -85,59 +74,62 @@ impl ClassSpec {
 
     fn shift(&mut self, feature: usize, log_shift: f32) {
         let m = log_shift.exp();
+        let c = &mut self.mean;
         match feature {
-            0 => self.nucleus_radius *= m,
-            1 => self.nucleus_elongation = 1.0 + (self.nucleus_elongation - 1.0) * m * m,
-            2 => self.cell_radius *= m,
-            3 => self.mito_density *= m,
-            4 => self.mito_length *= m * m,
-            5 => self.spot_count *= m * m,
-            6 => self.spot_clustering = (self.spot_clustering * m * m).clamp(0.0, 1.0),
-            7 => self.intensity[0] *= m,
-            8 => self.intensity[1] *= m,
-            _ => self.intensity[3] *= m,
+            0 => c.nucleus_radius *= m,
+            1 => c.nucleus_elongation = 1.0 + (c.nucleus_elongation - 1.0) * m * m,
+            2 => c.cell_radius *= m,
+            3 => c.mito_density *= m,
+            4 => c.mito_length *= m * m,
+            5 => c.spot_count *= m * m,
+            6 => c.spot_clustering = (c.spot_clustering * m * m).clamp(0.0, 1.0),
+            7 => c.intensity[0] *= m,
+            8 => c.intensity[1] *= m,
+            _ => c.intensity[3] *= m,
         }
     }
 
     /// One cell's features: the class means times log-normal cell-to-cell
     /// variation (`spread` is the log-scale standard deviation).
-    pub fn cell(&self, spread: f32, rng: &mut impl Rng) -> CellFeatures {
+    pub fn cell(&self, spread: f32, rng: &mut impl Rng) -> Morphology {
+        let c = &self.mean;
         let mut v = |mean: f32, sd: f32| mean * (sd * standard_normal(rng)).exp();
-        let nucleus_radius = v(self.nucleus_radius, spread * 0.8);
+        let nucleus_radius = v(c.nucleus_radius, spread * 0.8);
         // A cell is never smaller than its nucleus plus a rim of cytoplasm.
-        let cell_radius = v(self.cell_radius, spread).max(nucleus_radius * 1.35 + 1.0);
-        CellFeatures {
+        let cell_radius = v(c.cell_radius, spread).max(nucleus_radius * 1.35 + 1.0);
+        Morphology {
             nucleus_radius,
-            nucleus_elongation: 1.0 + v(self.nucleus_elongation - 1.0, spread * 1.5),
+            nucleus_elongation: 1.0 + v(c.nucleus_elongation - 1.0, spread * 1.5),
             cell_radius,
-            mito_density: v(self.mito_density, spread),
-            mito_length: v(self.mito_length, spread),
-            spot_count: v(self.spot_count, spread * 1.2),
-            spot_clustering: (self.spot_clustering + 0.15 * standard_normal(rng)).clamp(0.0, 1.0),
-            intensity: self
+            mito_density: v(c.mito_density, spread),
+            mito_length: v(c.mito_length, spread),
+            spot_count: v(c.spot_count, spread * 1.2),
+            spot_clustering: (c.spot_clustering + 0.15 * standard_normal(rng)).clamp(0.0, 1.0),
+            intensity: c
                 .intensity
                 .map(|i| i * (spread * 0.8 * standard_normal(rng)).exp()),
         }
     }
 }
 
-/// The features of one drawn cell.
-#[derive(Clone, Debug)]
-pub struct CellFeatures {
-    /// Nucleus radius, pixels at scale 1.
+/// Cell features: a class's means, or one drawn cell (lengths in pixels
+/// at pixel scale 1).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Morphology {
+    /// Nucleus radius (geometric mean of the axes).
     pub nucleus_radius: f32,
-    /// Nucleus axis ratio.
+    /// Major/minor axis ratio of the nucleus (>= 1).
     pub nucleus_elongation: f32,
-    /// Cell radius, pixels at scale 1.
+    /// Cell radius: how far the cell spreads.
     pub cell_radius: f32,
-    /// Filaments per 100 px^2 of cytoplasm.
+    /// Mitochondrial filaments per 100 px^2 of cytoplasm.
     pub mito_density: f32,
-    /// Filament length, pixels at scale 1.
+    /// Filament length (fragmented vs tubular mitochondria).
     pub mito_length: f32,
-    /// Expected spot count.
+    /// Expected puncta (lysosome-like spots) per cell.
     pub spot_count: f32,
-    /// Perinuclear clustering of spots.
+    /// 0: spots spread over the cytoplasm; 1: packed around the nucleus.
     pub spot_clustering: f32,
-    /// Brightness per channel.
+    /// Brightness per channel (dna, actin, mito, lyso).
     pub intensity: [f32; 4],
 }

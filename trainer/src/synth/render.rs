@@ -5,7 +5,7 @@ use rand::Rng;
 
 use super::CHANNELS;
 use super::effects::standard_normal;
-use super::phenotype::CellFeatures;
+use super::phenotype::Morphology;
 
 /// Channel planes of one field.
 pub struct Field {
@@ -26,7 +26,7 @@ impl Field {
     /// Draw one cell centred at `(cy, cx)`; lengths are multiplied by `scale`.
     pub fn draw_cell(
         &mut self,
-        cell: &CellFeatures,
+        cell: &Morphology,
         (cy, cx): (f32, f32),
         scale: f32,
         rng: &mut impl Rng,
@@ -38,7 +38,7 @@ impl Field {
     }
 
     /// Nucleus (dna, with chromatin texture) and cell body (actin, bright cortex).
-    fn draw_body(&mut self, cell: &CellFeatures, s: &CellShape, scale: f32, rng: &mut impl Rng) {
+    fn draw_body(&mut self, cell: &Morphology, s: &CellShape, scale: f32, rng: &mut impl Rng) {
         // Chromatin: a few plane waves of ~2.5 px period at scale 1.
         let waves: Vec<(f32, f32, f32)> = (0..3)
             .map(|_| {
@@ -74,7 +74,7 @@ impl Field {
     /// Mitochondria: random-walk filaments in the cytoplasm.
     fn draw_mitochondria(
         &mut self,
-        cell: &CellFeatures,
+        cell: &Morphology,
         s: &CellShape,
         scale: f32,
         rng: &mut impl Rng,
@@ -101,7 +101,7 @@ impl Field {
     }
 
     /// Lysosome-like puncta, more or less packed around the nucleus.
-    fn draw_spots(&mut self, cell: &CellFeatures, s: &CellShape, scale: f32, rng: &mut impl Rng) {
+    fn draw_spots(&mut self, cell: &Morphology, s: &CellShape, scale: f32, rng: &mut impl Rng) {
         let count = poisson(cell.spot_count, rng);
         for _ in 0..count {
             let Some(p) = s.cytoplasm_point(rng, cell.spot_clustering) else {
@@ -149,7 +149,7 @@ struct CellShape {
 }
 
 impl CellShape {
-    fn draw(cell: &CellFeatures, center: (f32, f32), scale: f32, rng: &mut impl Rng) -> CellShape {
+    fn draw(cell: &Morphology, center: (f32, f32), scale: f32, rng: &mut impl Rng) -> CellShape {
         let radius = cell.cell_radius * scale;
         let nucleus_radius = cell.nucleus_radius * scale;
         let harmonics = [2.0, 3.0, 5.0].map(|order| {
