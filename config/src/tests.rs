@@ -180,7 +180,7 @@ fn trainer_values_are_checked() {
     );
     assert_eq!(
         bad(
-            "channels = [\"w1\", \"w2\", \"w3\"]",
+            "channels = [\"w1\", \"w2\", \"w3\", \"w4\"]",
             "channels = [\"w1\", \"w1\"]"
         ),
         "fit.toml: trainer.preprocess is invalid: invalid preprocessing spec: channel \"w1\" is listed twice"
