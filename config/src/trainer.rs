@@ -3,12 +3,12 @@
 use std::path::{Path, PathBuf};
 
 use bfx_core::preprocess::PreprocessSpec;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{Invalid, at_least, resolve};
 
 /// `[trainer]`.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainerConfig {
     /// Output folder for checkpoints and reports (required).
@@ -35,7 +35,7 @@ pub struct TrainerConfig {
 }
 
 /// `[trainer.data]`.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
     /// Acquisition root folder the manifest's paths are relative to (required).
@@ -48,7 +48,7 @@ pub struct DataConfig {
 }
 
 /// Normalization layers of the encoder.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NormKind {
     /// BatchNorm (default); enables AdaBN.
@@ -59,7 +59,7 @@ pub enum NormKind {
 }
 
 /// `[trainer.model]`.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
     /// Encoder architecture (default `resnet18`).
@@ -84,7 +84,7 @@ impl Default for ModelConfig {
 }
 
 /// `[trainer.method]`.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MethodConfig {
     /// Training method (default `erm`).
@@ -103,7 +103,7 @@ impl Default for MethodConfig {
 }
 
 /// `[trainer.optim]`.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OptimConfig {
     /// Learning rate (default 1e-4).
@@ -128,7 +128,7 @@ impl Default for OptimConfig {
 }
 
 /// Generalization level of a split (the IST paper's levels).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SplitLevel {
     /// Held-out wells of the training environments (default).
@@ -161,7 +161,7 @@ impl std::str::FromStr for SplitLevel {
 }
 
 /// `[trainer.split]`.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SplitConfig {
     /// `iid` (default), `section`, `plate` or `series`.

@@ -4,6 +4,12 @@
 pub mod calibrate;
 pub mod data;
 pub mod dataset;
+pub mod eval;
+pub mod fit;
 pub mod linear;
+pub mod methods;
+pub mod model;
+pub mod nn;
+pub mod optim;
 pub mod sheet;
 pub mod synth;

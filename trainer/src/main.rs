@@ -3,11 +3,15 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use anyhow::Context;
 use bfx_core::naming::{NamingScheme, Preset};
-use bfx_trainer::dataset::{Dataset, EnvLevel, Manifest, PlateMap, scan_acquisition, split};
+use bfx_trainer::dataset::{
+    Dataset, EnvLevel, Manifest, PlateMap, SplitLevel, scan_acquisition, split,
+};
 use bfx_trainer::synth::{self, SynthPreset};
 use bfx_trainer::{calibrate, sheet};
 use clap::{Parser, Subcommand};
@@ -92,6 +96,31 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         zoom: usize,
     },
+    /// Train a model: the [trainer] table of FILE, with overrides. Ctrl-C
+    /// stops after the current step and saves a checkpoint; `--resume`
+    /// continues from it.
+    Fit {
+        /// Configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        #[command(flatten)]
+        overrides: Overrides,
+        /// Continue from `<out>/last.*` if it exists.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Evaluate a trained run on the environments its split held out:
+    /// accuracy and macro-F1 with training statistics and with AdaBN plate
+    /// statistics, the AdaBN batch-size curve, kNN batch-CV, LISI and plate
+    /// prediction from embeddings. Writes report.md, metrics.json and plots.
+    Eval {
+        /// The run's output folder (trainer.out).
+        #[arg(long)]
+        run: PathBuf,
+        /// Report folder (default: <run>/report).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Calibration report of a screen: a linear probe on per-image intensity
     /// features predicts the plate (are batch effects visible?) and the
     /// label at every split level (do they confound biology?).
@@ -112,6 +141,58 @@ enum Command {
         #[arg(long, default_value = "bfx-trainer calibrate")]
         made_by: String,
     },
+}
+
+/// Overrides of a `[trainer]` table from the command line.
+#[derive(clap::Args, Clone, Debug, Default)]
+struct Overrides {
+    /// Method (erm, abra, dann, mixstyle).
+    #[arg(long)]
+    method: Option<String>,
+    /// Split level: iid (0), section (1), plate (2), series (3).
+    #[arg(long)]
+    level: Option<SplitLevel>,
+    /// Cross-validation fold.
+    #[arg(long)]
+    fold: Option<usize>,
+    /// Optimizer steps.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Output folder.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Encoder base width.
+    #[arg(long)]
+    width: Option<usize>,
+}
+
+impl Overrides {
+    fn apply(&self, c: &mut bfx_config::TrainerConfig) {
+        if let Some(m) = &self.method {
+            c.method.name = m.clone();
+        }
+        if let Some(l) = self.level {
+            c.split.level = l;
+        }
+        if let Some(f) = self.fold {
+            c.split.fold = f;
+        }
+        if let Some(s) = self.steps {
+            c.optim.steps = s;
+        }
+        if let Some(s) = self.seed {
+            c.seed = s;
+        }
+        if let Some(o) = &self.out {
+            c.out = o.clone();
+        }
+        if let Some(w) = self.width {
+            c.model.width = w;
+        }
+    }
 }
 
 /// Instrument naming presets that write files (not `custom`).
@@ -243,6 +324,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Fit {
+            config,
+            overrides,
+            resume,
+        } => fit(&config, &overrides, resume),
+        Command::Eval { run, out } => {
+            let device = training_device()?;
+            let bar = progress_bar("decoding images");
+            let (evaluation, projection) = bfx_trainer::eval::evaluate(&run, &device, &bar)
+                .with_context(|| format!("cannot evaluate {}", run.display()))?;
+            let out = out.unwrap_or_else(|| run.join("report"));
+            bfx_trainer::eval::write_report(&out, &evaluation, &projection)
+                .map_err(anyhow::Error::msg)?;
+            let p = &evaluation.plain;
+            println!(
+                "{} at {} fold {}: accuracy {:.3}, macro-F1 {:.3} on {} test images",
+                evaluation.method,
+                evaluation.level,
+                evaluation.fold,
+                p.accuracy,
+                p.macro_f1,
+                evaluation.test_images
+            );
+            if let Some(a) = &evaluation.adabn {
+                println!(
+                    "     with AdaBN plate statistics: accuracy {:.3}, macro-F1 {:.3}",
+                    a.accuracy, a.macro_f1
+                );
+            }
+            println!("     report in {}", out.display());
+            Ok(())
+        }
         Command::Calibrate {
             root,
             manifest,
@@ -318,6 +431,85 @@ fn check_data(c: &bfx_config::TrainerConfig) -> anyhow::Result<()> {
         s.test.len()
     );
     Ok(())
+}
+
+fn fit(file: &Path, overrides: &Overrides, resume: bool) -> anyhow::Result<()> {
+    let mut config = bfx_config::load_trainer(file).context("invalid configuration")?;
+    overrides.apply(&mut config);
+    config.validate().map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {} {} (after command-line overrides)",
+            file.display(),
+            e.key,
+            e.problem
+        )
+    })?;
+    let interrupt = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&interrupt))
+        .context("cannot install the Ctrl-C handler")?;
+    let device = training_device()?;
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("step {pos}/{len} [{bar:30}] {per_sec} ETA {eta}  {msg}")
+            // The template is a constant of this file.
+            .expect("valid progress template"),
+    );
+    let report = bfx_trainer::fit::fit(&config, &device, resume, &interrupt, &bar)
+        .with_context(|| format!("training {} failed", config.method.name))?;
+    let [train, val, test] = report.sizes;
+    println!(
+        "{} {} at {} fold {}: {} steps in {:.0} s ({:.2} steps/s); {train} training, {val} validation, {test} test images",
+        if report.interrupted {
+            "interrupted"
+        } else {
+            "trained"
+        },
+        config.method.name,
+        bfx_trainer::dataset::split::level_name(config.split.level),
+        config.split.fold,
+        report.steps,
+        report.seconds,
+        report.steps as f64 / report.seconds.max(1e-9),
+    );
+    if let Some(last) = report.history.last() {
+        println!(
+            "     validation: loss {:.3}, accuracy {:.3} (train loss {:.3})",
+            last.val_loss, last.val_accuracy, last.train_loss
+        );
+    }
+    if let Some(best) = report
+        .history
+        .iter()
+        .min_by(|a, b| a.val_loss.total_cmp(&b.val_loss))
+    {
+        println!(
+            "     best validation loss {:.3} at step {}",
+            best.val_loss, best.step
+        );
+    }
+    println!(
+        "     checkpoints: {} (best) and {} (last)",
+        config.out.join("best.safetensors").display(),
+        config.out.join("last.safetensors").display()
+    );
+    if report.interrupted {
+        println!(
+            "     continue with: bfx-trainer fit --config {} --resume",
+            file.display()
+        );
+    }
+    Ok(())
+}
+
+/// CPU, or the first CUDA device when built with `cuda` and `BFX_DEVICE=cuda`.
+fn training_device() -> anyhow::Result<candle_core::Device> {
+    match std::env::var("BFX_DEVICE").as_deref() {
+        Ok("cuda") => candle_core::Device::new_cuda(0).context(
+            "BFX_DEVICE=cuda, but no CUDA device is usable (build with --features cuda on a machine with a GPU)",
+        ),
+        Ok("cpu") | Err(_) => Ok(candle_core::Device::Cpu),
+        Ok(other) => anyhow::bail!("BFX_DEVICE={other}: use cpu or cuda"),
+    }
 }
 
 fn calibrate(

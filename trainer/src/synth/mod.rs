@@ -26,7 +26,7 @@ use thiserror::Error;
 
 use crate::dataset::{Manifest, SiteRow, split};
 pub use design::{Channel, Design, Environment, LevelFolds, PlateDesign, WellDesign};
-pub use effects::{Effects, Optics, gaussian_blur};
+pub use effects::{Effects, Optics, gaussian_blur, standard_normal};
 pub use phenotype::{ClassSpec, Morphology};
 pub use preset::{ClassPlan, Shape, SynthPreset};
 

@@ -1,0 +1,209 @@
+//! `bfx-trainer eval`: a trained run measured the way the papers do, on the
+//! environments its split held out.
+
+pub mod embed;
+pub mod metrics;
+pub mod plots;
+mod report;
+
+use std::path::Path;
+
+use candle_core::{DType, Device};
+use candle_nn::{VarBuilder, VarMap};
+use indicatif::ProgressBar;
+use serde::{Deserialize, Serialize};
+
+pub use self::embed::{Adapt, Embedded, embed};
+pub use self::report::write_report;
+use crate::fit::batches::Part;
+use crate::fit::checkpoint::{self, BEST, CheckpointMeta};
+use crate::fit::{FitError, load_data};
+use crate::linear::{accuracy, macro_f1};
+use crate::model::{Classifier, MODEL_PREFIX};
+
+/// Inference batch sizes of the AdaBN curve.
+pub const CURVE_SIZES: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
+/// Neighbours of the kNN batch cross-validation.
+pub const KNN_K: usize = 10;
+/// LISI perplexity (Harmony's default).
+pub const LISI_PERPLEXITY: f64 = 30.0;
+/// Training images added to the test images for embedding metrics, at most.
+const TRAIN_SAMPLE: usize = 400;
+
+/// Classification and embedding metrics under one inference mode.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ModeMetrics {
+    /// Test accuracy.
+    pub accuracy: f64,
+    /// Test macro-F1.
+    pub macro_f1: f64,
+    /// kNN accuracy with neighbours from other plates only.
+    pub knn_batch_cv: f64,
+    /// iLISI over plates (higher: plates better mixed).
+    pub ilisi: f64,
+    /// cLISI over classes (lower: classes better separated).
+    pub clisi: f64,
+    /// Macro-F1 of predicting the plate from the embedding (lower: less batch information).
+    pub plate_prediction_f1: f64,
+}
+
+/// One point of the AdaBN curve.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CurvePoint {
+    /// Inference batch size.
+    pub batch_size: usize,
+    /// Accuracy with each batch's own statistics.
+    pub per_batch: f64,
+    /// Accuracy with the plate's statistics.
+    pub per_plate: f64,
+}
+
+/// Everything `eval` measures on one run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Evaluation {
+    /// Method name.
+    pub method: String,
+    /// Split level name.
+    pub level: String,
+    /// Fold.
+    pub fold: usize,
+    /// Seed.
+    pub seed: u64,
+    /// Held-out environments.
+    pub held_out: Vec<String>,
+    /// Test images scored (labels seen in training).
+    pub test_images: usize,
+    /// With training statistics.
+    pub plain: ModeMetrics,
+    /// With AdaBN plate statistics (BatchNorm models only).
+    pub adabn: Option<ModeMetrics>,
+    /// Accuracy against inference batch size (BatchNorm models only).
+    pub adabn_curve: Vec<CurvePoint>,
+}
+
+/// Data kept for the report's projection plot.
+pub struct Projection {
+    /// 2-D points.
+    pub points: Vec<[f32; 2]>,
+    /// Class of each point and class names.
+    pub classes: (Vec<usize>, Vec<String>),
+    /// Plate of each point and plate names.
+    pub plates: (Vec<usize>, Vec<String>),
+}
+
+/// Load the model of checkpoint `name` in `dir`.
+pub fn load_model(
+    dir: &Path,
+    name: &str,
+    device: &Device,
+) -> Result<(CheckpointMeta, Classifier), FitError> {
+    let (meta, tensors) = checkpoint::load(dir, name, device)?;
+    let map = VarMap::new();
+    let model = Classifier::new(
+        &meta.model,
+        VarBuilder::from_varmap(&map, DType::F32, device).pp(MODEL_PREFIX),
+    )?;
+    checkpoint::restore(&map, &tensors, dir)?;
+    Ok((meta, model))
+}
+
+/// Evaluate the best checkpoint of the run in `dir` on its split's test environments.
+pub fn evaluate(
+    dir: &Path,
+    device: &Device,
+    progress: &ProgressBar,
+) -> Result<(Evaluation, Projection), FitError> {
+    let (meta, model) = load_model(dir, BEST, device)?;
+    let run = load_data(&meta.config, progress)?;
+    // Only labels the model was trained on can be predicted.
+    let trained: std::collections::BTreeSet<usize> =
+        run.parts.train.classes.iter().copied().collect();
+    let test = subset(&run.parts.test, |i| {
+        trained.contains(&run.parts.test.classes[i])
+    });
+    if test.images.is_empty() {
+        return Err(FitError::Config(
+            "the split's test set has no image of a trained class".into(),
+        ));
+    }
+    let step = run.parts.train.images.len().div_ceil(TRAIN_SAMPLE);
+    let train_sample = subset(&run.parts.train, |i| i % step == 0);
+    let both = concat(&test, &train_sample);
+    let is_bn = !meta.model.encoder.instance_norm;
+
+    let mode = |adapt: Adapt| -> Result<(ModeMetrics, Embedded), FitError> {
+        let e = embed(&model, &run.images, &both, adapt, device)?;
+        let n = test.images.len();
+        let truth = &test.classes;
+        let predicted = &e.predicted[..n];
+        let queries: Vec<usize> = (0..n).collect();
+        Ok((
+            ModeMetrics {
+                accuracy: accuracy(truth, predicted),
+                macro_f1: macro_f1(truth, predicted),
+                knn_batch_cv: metrics::knn_batch_cv(
+                    &e.embeddings,
+                    &both.classes,
+                    &both.plates,
+                    &queries,
+                    KNN_K,
+                ),
+                ilisi: metrics::lisi(&e.embeddings, &both.plates, LISI_PERPLEXITY),
+                clisi: metrics::lisi(&e.embeddings, &both.classes, LISI_PERPLEXITY),
+                plate_prediction_f1: metrics::group_prediction_f1(&e.embeddings, &both.plates),
+            },
+            e,
+        ))
+    };
+    let (plain, embedded) = mode(Adapt::None)?;
+    let mut adabn = None;
+    let mut curve = Vec::new();
+    if is_bn {
+        adabn = Some(mode(Adapt::PerPlate(64))?.0);
+        for &size in &CURVE_SIZES {
+            let acc = |adapt| -> Result<f64, FitError> {
+                let e = embed(&model, &run.images, &test, adapt, device)?;
+                Ok(accuracy(&test.classes, &e.predicted))
+            };
+            curve.push(CurvePoint {
+                batch_size: size,
+                per_batch: acc(Adapt::PerBatch(size))?,
+                per_plate: acc(Adapt::PerPlate(size))?,
+            });
+        }
+    }
+    let evaluation = Evaluation {
+        method: meta.config.method.name.clone(),
+        level: crate::dataset::split::level_name(meta.config.split.level).to_owned(),
+        fold: meta.config.split.fold,
+        seed: meta.config.seed,
+        held_out: meta.held_out.clone(),
+        test_images: test.images.len(),
+        plain,
+        adabn,
+        adabn_curve: curve,
+    };
+    let projection = Projection {
+        points: metrics::pca_2d(&embedded.embeddings),
+        classes: (both.classes.clone(), run.data.classes.clone()),
+        plates: (both.plates.clone(), run.parts.plates.clone()),
+    };
+    Ok((evaluation, projection))
+}
+
+fn subset(part: &Part, keep: impl Fn(usize) -> bool) -> Part {
+    let idx: Vec<usize> = (0..part.images.len()).filter(|&i| keep(i)).collect();
+    Part {
+        images: idx.iter().map(|&i| part.images[i]).collect(),
+        classes: idx.iter().map(|&i| part.classes[i]).collect(),
+        plates: idx.iter().map(|&i| part.plates[i]).collect(),
+    }
+}
+
+fn concat(a: &Part, b: &Part) -> Part {
+    let mut out = a.clone();
+    out.images.extend(&b.images);
+    out.classes.extend(&b.classes);
+    out.plates.extend(&b.plates);
+    out
+}

@@ -1,0 +1,141 @@
+//! The classifier every method trains: ResNet encoder, linear embedding
+//! head, linear classifier; plus seeded initialization.
+
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::{Linear, Module, VarBuilder, VarMap, linear};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::nn::{NormPass, ResNet, ResNetSpec};
+
+/// Everything needed to rebuild the network (checkpoints, bundles, export).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// Architecture name (`resnet18`).
+    pub arch: String,
+    /// The encoder.
+    pub encoder: ResNetSpec,
+    /// Embedding dimension.
+    pub embedding_dim: usize,
+    /// Number of classes of the linear classifier.
+    pub classes: usize,
+}
+
+/// Variable-name prefix of the model (method variables use `method.`).
+pub const MODEL_PREFIX: &str = "model";
+
+/// Encoder -> embedding -> logits.
+#[derive(Clone, Debug)]
+pub struct Classifier {
+    spec: ModelSpec,
+    encoder: ResNet,
+    embed: Linear,
+    head: Linear,
+}
+
+impl Classifier {
+    /// Build under `vb` (`encoder.*`, `embed.*`, `head.*`).
+    pub fn new(spec: &ModelSpec, vb: VarBuilder) -> Result<Classifier> {
+        let features = spec.encoder.feature_dim();
+        Ok(Classifier {
+            spec: spec.clone(),
+            encoder: ResNet::new(&spec.encoder, vb.pp("encoder"))?,
+            embed: linear(features, spec.embedding_dim, vb.pp("embed"))?,
+            head: linear(spec.embedding_dim, spec.classes, vb.pp("head"))?,
+        })
+    }
+
+    /// The spec.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// Pooled encoder features, with a hook after each stage.
+    pub fn features_with(
+        &self,
+        x: &Tensor,
+        pass: &mut NormPass,
+        hook: &mut dyn FnMut(usize, Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        self.encoder.forward_with(x, pass, hook)
+    }
+
+    /// Embedding of pooled features.
+    pub fn embed(&self, features: &Tensor) -> Result<Tensor> {
+        self.embed.forward(features)
+    }
+
+    /// Logits of an embedding.
+    pub fn logits(&self, embedding: &Tensor) -> Result<Tensor> {
+        self.head.forward(embedding)
+    }
+
+    /// The classifier's weight `[classes, embedding_dim]` (ArcFace uses it).
+    pub fn head_weight(&self) -> &Tensor {
+        self.head.weight()
+    }
+
+    /// `(embedding, logits)` of an image batch.
+    pub fn forward(&self, x: &Tensor, pass: &mut NormPass) -> Result<(Tensor, Tensor)> {
+        let e = self.embed(&self.encoder.forward(x, pass)?)?;
+        let logits = self.logits(&e)?;
+        Ok((e, logits))
+    }
+}
+
+/// Re-initialize every variable under `prefix` from `seed`, so a run is
+/// reproducible (Candle's own initializers draw from an unseeded RNG):
+/// convolutions Kaiming-normal (fan in), linear weights uniform in
+/// +-1/sqrt(fan in) as PyTorch does, biases 0, norm scales 1, running
+/// means 0 and variances 1. Variables are visited in name order.
+pub fn seeded_init(map: &VarMap, prefix: &str, seed: u64) -> Result<()> {
+    let mut vars: Vec<(String, candle_core::Var)> = map
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("variable map lock poisoned".into()))?
+        .iter()
+        .filter(|(name, _)| name.starts_with(prefix))
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for (name, var) in vars {
+        let dims = var.dims().to_vec();
+        let n: usize = dims.iter().product();
+        let fan_in: f32 = dims.iter().skip(1).product::<usize>().max(1) as f32;
+        let values: Vec<f32> = if name.ends_with("running_var") {
+            vec![1.0; n]
+        } else if name.ends_with("running_mean") || name.ends_with("bias") {
+            vec![0.0; n]
+        } else if dims.len() == 1 {
+            vec![1.0; n]
+        } else if dims.len() == 4 {
+            let sd = (2.0 / fan_in).sqrt();
+            (0..n)
+                .map(|_| sd * crate::synth::standard_normal(&mut rng))
+                .collect()
+        } else {
+            let bound = 1.0 / fan_in.sqrt();
+            (0..n)
+                .map(|_| rand::Rng::random_range(&mut rng, -bound..bound))
+                .collect()
+        };
+        let t = Tensor::from_vec(values, dims, &Device::Cpu)?
+            .to_dtype(var.dtype())?
+            .to_device(var.device())?;
+        var.set(&t)?;
+    }
+    Ok(())
+}
+
+/// A fresh classifier with seeded weights, its variables in `map`.
+pub fn build(spec: &ModelSpec, map: &VarMap, device: &Device, seed: u64) -> Result<Classifier> {
+    let model = Classifier::new(
+        spec,
+        VarBuilder::from_varmap(map, DType::F32, device).pp(MODEL_PREFIX),
+    )?;
+    seeded_init(map, MODEL_PREFIX, seed)?;
+    Ok(model)
+}

@@ -1,0 +1,13 @@
+//! Network building blocks shared by every method: normalization with
+//! explicit statistics, pooling with correct gradients, the ResNet encoder.
+//! Every layer written here is checked against finite differences in
+//! `gradcheck`.
+
+#[cfg(test)]
+pub mod gradcheck;
+pub mod norm;
+pub mod pool;
+pub mod resnet;
+
+pub use norm::{BatchNorm, BnMode, LayerStats, Norm, NormPass};
+pub use resnet::{ResNet, ResNetSpec};

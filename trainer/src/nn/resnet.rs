@@ -1,0 +1,176 @@
+//! The ResNet encoder family: ResNet18 layout (four stages of two basic
+//! blocks, widths w, 2w, 4w, 8w) with a configurable base width, any
+//! input channel count, and BatchNorm or InstanceNorm.
+//!
+//! The stem is a 7x7 stride-2 convolution followed by a 2x2 max pool
+//! instead of ImageNet's 3x3 stride-2 pool: Candle has no backward for
+//! overlapping pools, and its 2x2 `max_pool2d` backward is scaled wrongly
+//! (../shared/NOTES.md), so the pool here is a reshape and a max, whose
+//! gradient is right and tested. Both halve the resolution.
+
+use candle_core::{Result, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, VarBuilder, conv2d_no_bias};
+use serde::{Deserialize, Serialize};
+
+use super::norm::{Norm, NormPass};
+
+/// Architecture of an encoder; stored in checkpoints and bundles so the
+/// ONNX emitter builds the same network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResNetSpec {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Channels of the first stage (64 is standard ResNet18).
+    pub width: usize,
+    /// InstanceNorm instead of BatchNorm.
+    pub instance_norm: bool,
+    /// Basic blocks per stage (ResNet18: 2, 2, 2, 2).
+    pub blocks: [usize; 4],
+}
+
+impl ResNetSpec {
+    /// ResNet18 of `width` over `in_channels`.
+    pub fn resnet18(in_channels: usize, width: usize, instance_norm: bool) -> ResNetSpec {
+        ResNetSpec {
+            in_channels,
+            width,
+            instance_norm,
+            blocks: [2, 2, 2, 2],
+        }
+    }
+
+    /// Channels after stage `i` (0..4).
+    pub fn stage_channels(&self, i: usize) -> usize {
+        self.width << i
+    }
+
+    /// Channels of the pooled feature vector.
+    pub fn feature_dim(&self) -> usize {
+        self.stage_channels(3)
+    }
+}
+
+/// A residual basic block: conv-norm-relu-conv-norm plus a shortcut.
+#[derive(Clone, Debug)]
+struct BasicBlock {
+    conv1: Conv2d,
+    norm1: Norm,
+    conv2: Conv2d,
+    norm2: Norm,
+    /// 1x1 projection when the shape changes.
+    down: Option<(Conv2d, Norm)>,
+}
+
+fn conv(cin: usize, cout: usize, k: usize, stride: usize, vb: VarBuilder) -> Result<Conv2d> {
+    let cfg = Conv2dConfig {
+        padding: k / 2,
+        stride,
+        ..Default::default()
+    };
+    conv2d_no_bias(cin, cout, k, cfg, vb)
+}
+
+impl BasicBlock {
+    fn new(
+        cin: usize,
+        cout: usize,
+        stride: usize,
+        instance: bool,
+        vb: VarBuilder,
+    ) -> Result<BasicBlock> {
+        let down = if stride != 1 || cin != cout {
+            Some((
+                conv(cin, cout, 1, stride, vb.pp("down.conv"))?,
+                Norm::new(cout, instance, vb.pp("down.norm"))?,
+            ))
+        } else {
+            None
+        };
+        Ok(BasicBlock {
+            conv1: conv(cin, cout, 3, stride, vb.pp("conv1"))?,
+            norm1: Norm::new(cout, instance, vb.pp("norm1"))?,
+            conv2: conv(cout, cout, 3, 1, vb.pp("conv2"))?,
+            norm2: Norm::new(cout, instance, vb.pp("norm2"))?,
+            down,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, pass: &mut NormPass) -> Result<Tensor> {
+        let h = self.norm1.forward(&x.apply(&self.conv1)?, pass)?.relu()?;
+        let h = self.norm2.forward(&h.apply(&self.conv2)?, pass)?;
+        let skip = match &self.down {
+            Some((c, n)) => n.forward(&x.apply(c)?, pass)?,
+            None => x.clone(),
+        };
+        (h + skip)?.relu()
+    }
+}
+
+/// The encoder.
+#[derive(Clone, Debug)]
+pub struct ResNet {
+    spec: ResNetSpec,
+    stem: Conv2d,
+    stem_norm: Norm,
+    stages: Vec<Vec<BasicBlock>>,
+}
+
+impl ResNet {
+    /// Build with variables under `vb` (`stem.conv`, `stem.norm`, `stage<i>.<j>.*`).
+    pub fn new(spec: &ResNetSpec, vb: VarBuilder) -> Result<ResNet> {
+        let inst = spec.instance_norm;
+        let mut stages = Vec::with_capacity(4);
+        let mut cin = spec.width;
+        for (i, &n) in spec.blocks.iter().enumerate() {
+            let cout = spec.stage_channels(i);
+            let blocks = (0..n)
+                .map(|j| {
+                    let stride = if i > 0 && j == 0 { 2 } else { 1 };
+                    let input = if j == 0 { cin } else { cout };
+                    BasicBlock::new(input, cout, stride, inst, vb.pp(format!("stage{i}.{j}")))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            stages.push(blocks);
+            cin = cout;
+        }
+        Ok(ResNet {
+            spec: spec.clone(),
+            stem: conv(spec.in_channels, spec.width, 7, 2, vb.pp("stem.conv"))?,
+            stem_norm: Norm::new(spec.width, inst, vb.pp("stem.norm"))?,
+            stages,
+        })
+    }
+
+    /// The spec this encoder was built from.
+    pub fn spec(&self) -> &ResNetSpec {
+        &self.spec
+    }
+
+    /// Pooled features `[n, 8w]`; `hook(stage, features)` may replace the
+    /// feature map after each stage (MixStyle, ABRA) and sees it in order.
+    pub fn forward_with(
+        &self,
+        x: &Tensor,
+        pass: &mut NormPass,
+        hook: &mut dyn FnMut(usize, Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let h = self
+            .stem_norm
+            .forward(&x.apply(&self.stem)?, pass)?
+            .relu()?;
+        let mut h = super::pool::max_pool_2x2(&h)?;
+        for (i, stage) in self.stages.iter().enumerate() {
+            for block in stage {
+                h = block.forward(&h, pass)?;
+            }
+            h = hook(i, h)?;
+        }
+        super::pool::global_avg_pool(&h)
+    }
+
+    /// Pooled features without hooks.
+    pub fn forward(&self, x: &Tensor, pass: &mut NormPass) -> Result<Tensor> {
+        self.forward_with(x, pass, &mut |_, h| Ok(h))
+    }
+}
