@@ -45,7 +45,7 @@ enum Command {
     /// files on every run and any number of threads.
     #[command(verbatim_doc_comment)]
     Synth {
-        /// Screen preset: tiny (48 sites, for tests), grid-like, lincs-like, rxrx-like.
+        /// Screen preset: tiny (96 sites, for tests), grid-like, lincs-like, rxrx-like.
         #[arg(long, value_enum)]
         preset: SynthPreset,
         /// Output folder (created; must be empty if it exists).

@@ -59,8 +59,8 @@ fn tiny_is_byte_identical_across_runs_and_thread_counts() {
     };
     let first = run("a", "3");
     let second = run("b", "3");
-    // 48 sites x 4 channels, plus the manifest and the design.
-    assert_eq!(first.len(), 48 * 4 + 2);
+    // 96 sites x 4 channels, plus the manifest and the design.
+    assert_eq!(first.len(), 96 * 4 + 2);
     assert!(first == second, "two runs with one seed differ");
 
     // One rendering thread gives the same bytes as many.
@@ -117,7 +117,7 @@ fn tiny_reads_back_through_the_dataset_layer() {
     let summary = generate(SynthPreset::Tiny, &root, Preset::Imagexpress);
     let channels: Vec<String> = ["w1", "w2", "w3", "w4"].map(String::from).to_vec();
     let data = Dataset::open(&root, &root.join(synth::MANIFEST_FILE), &channels).unwrap();
-    assert_eq!(data.manifest.rows.len(), 48);
+    assert_eq!(data.manifest.rows.len(), 96);
     assert_eq!(data.classes, ["ctrl", "p01", "p02", "p03"]);
     assert_eq!(
         data.manifest,
@@ -160,8 +160,8 @@ fn tiny_reads_back_through_the_dataset_layer() {
     let hidden = ProgressBar::hidden();
     let images =
         dataset::load_images(&data.manifest, &root, &spec, &read, Some(&cache), &hidden).unwrap();
-    assert_eq!((images.len(), images.shape), (48, [4, 16, 16]));
-    assert_eq!(images.site_of, (0..48).collect::<Vec<_>>());
+    assert_eq!((images.len(), images.shape), (96, [4, 16, 16]));
+    assert_eq!(images.site_of, (0..96).collect::<Vec<_>>());
     let cached = dataset::cache_path(&data.manifest, &root, &spec, &read, &cache);
     assert!(cached.is_file());
     let again =
@@ -384,7 +384,7 @@ fn check_config_validates_the_data_it_names() {
         "{stdout}{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    assert!(stdout.contains("48 sites, 4 classes, 4 plates"), "{stdout}");
+    assert!(stdout.contains("96 sites, 4 classes, 4 plates"), "{stdout}");
     assert!(stdout.contains("series fold 1: "), "{stdout}");
 
     let bad = config("\"w1\", \"w2\", \"w5\", \"w4\"", "series");

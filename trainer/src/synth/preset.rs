@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum SynthPreset {
-    /// 2 series x 2 plates x 2 sections, 4 classes, 32x32 fields, 48 sites: for tests.
+    /// 2 series x 2 plates x 2 sections, 4 classes, 32x32 fields, 96 sites: for tests.
     Tiny,
     /// GRID-like: 3 series x 2 plates x 4 sections, 8 classes, 4 per plate
     /// (the same set in every section), 64x64 fields, 864 sites.
@@ -41,7 +41,7 @@ impl SynthPreset {
                 series: 2,
                 plates_per_series: 2,
                 sections: 2,
-                wells_per_class: 1,
+                wells_per_class: 2,
                 sites_per_well: 2,
                 cells_per_field: 2.0,
                 cell_spread: 0.25,

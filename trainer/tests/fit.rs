@@ -1,0 +1,249 @@
+//! `fit` and `eval` end to end on the tiny synthetic screen: learning,
+//! every method, exact resume, and one clear error for bad input.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+
+use bfx_core::naming::Preset;
+use bfx_trainer::fit::{self, FitError};
+use bfx_trainer::synth::{self, SynthPreset};
+use candle_core::Device;
+use indicatif::ProgressBar;
+
+/// A tiny screen and a config training on it, in `dir`.
+fn setup(dir: &Path, extra: &str) -> std::path::PathBuf {
+    synth::generate(
+        SynthPreset::Tiny,
+        &dir.join("screen"),
+        0,
+        Preset::Imagexpress,
+        &ProgressBar::hidden(),
+    )
+    .expect("tiny screen");
+    let config = dir.join("fit.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[trainer]
+out = "run"
+[trainer.data]
+root = "screen"
+manifest = "screen/manifest.csv"
+cache_dir = "cache"
+[trainer.preprocess]
+channels = ["w1", "w2", "w3", "w4"]
+# Percentiles keep the intensity differences between classes.
+normalization = {{ kind = "percentile", low = [100.0, 100.0, 100.0, 100.0], high = [5000.0, 2500.0, 5000.0, 3000.0], clip = false }}
+geometry = {{ kind = "resize", height = 32, width = 32 }}
+[trainer.model]
+width = 8
+embedding_dim = 32
+[trainer.optim]
+lr = 1e-3
+batch_size = 16
+steps = 200
+{extra}"#
+        ),
+    )
+    .expect("writable temp dir");
+    config
+}
+
+fn trainer(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_bfx-trainer"))
+        .args(args)
+        .output()
+        .expect("bfx-trainer runs")
+}
+
+#[test]
+fn tiny_fit_and_eval_learn_above_chance() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = setup(tmp.path(), "");
+    let out = trainer(&["fit", "--config", config.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("trained erm at iid fold 0: 200 steps"),
+        "{stdout}"
+    );
+
+    let run = tmp.path().join("run");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("last.json")).unwrap()).unwrap();
+    let history = meta["history"].as_array().unwrap();
+    let loss = |i: usize| history[i]["train_loss"].as_f64().unwrap();
+    assert!(
+        loss(history.len() - 1) < 0.8 * loss(0),
+        "training loss {} -> {}",
+        loss(0),
+        loss(history.len() - 1)
+    );
+
+    let out = trainer(&["eval", "--run", run.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = run.join("report");
+    for f in [
+        "report.md",
+        "metrics.json",
+        "projection.png",
+        "adabn_curve.png",
+    ] {
+        assert!(report.join(f).is_file(), "no {f}");
+    }
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("metrics.json")).unwrap())
+            .unwrap();
+    let accuracy = m["plain"]["accuracy"].as_f64().unwrap();
+    // Four classes: chance is 0.25.
+    assert!(accuracy > 0.35, "held-out accuracy {accuracy}");
+    assert_eq!(m["adabn_curve"].as_array().unwrap().len(), 7);
+    assert_eq!(m["test_images"].as_u64(), Some(20));
+}
+
+fn quiet_fit(
+    config: &Path,
+    tweak: impl FnOnce(&mut bfx_config::TrainerConfig),
+) -> Result<fit::FitReport, FitError> {
+    let mut c = bfx_config::load_trainer(config).expect("the test config is valid");
+    tweak(&mut c);
+    fit::fit(
+        &c,
+        &Device::Cpu,
+        true,
+        &AtomicBool::new(false),
+        &ProgressBar::hidden(),
+    )
+}
+
+#[test]
+fn every_method_trains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = setup(tmp.path(), "");
+    for method in ["abra", "dann", "mixstyle"] {
+        let report = quiet_fit(&config, |c| {
+            c.method.name = method.into();
+            c.optim.steps = 8;
+            c.out = tmp.path().join(method);
+            c.split.level = bfx_config::trainer::SplitLevel::Plate;
+        })
+        .unwrap_or_else(|e| panic!("{method}: {e}"));
+        assert_eq!(report.steps, 8);
+        assert!(
+            report
+                .history
+                .iter()
+                .all(|h| h.train_loss.is_finite() && h.val_loss.is_finite()),
+            "{method}"
+        );
+        let (_, model) =
+            bfx_trainer::eval::load_model(&tmp.path().join(method), "best", &Device::Cpu).unwrap();
+        assert_eq!(model.spec().classes, 4);
+    }
+}
+
+#[test]
+fn resume_continues_exactly_where_it_stopped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = setup(tmp.path(), "");
+    let straight = tmp.path().join("straight");
+    let resumed = tmp.path().join("resumed");
+    quiet_fit(&config, |c| {
+        c.optim.steps = 12;
+        c.out = straight.clone();
+    })
+    .unwrap();
+    quiet_fit(&config, |c| {
+        c.optim.steps = 5;
+        c.out = resumed.clone();
+    })
+    .unwrap();
+    let report = quiet_fit(&config, |c| {
+        c.optim.steps = 12;
+        c.out = resumed.clone();
+    })
+    .unwrap();
+    assert_eq!(report.steps, 12);
+    let a =
+        candle_core::safetensors::load(straight.join("last.safetensors"), &Device::Cpu).unwrap();
+    let b = candle_core::safetensors::load(resumed.join("last.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(a.len(), b.len());
+    for (name, t) in &a {
+        let d = (t - &b[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap();
+        let d = d
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-5, "{name} differs by {d}");
+    }
+}
+
+#[test]
+fn bad_input_gets_one_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = setup(tmp.path(), "");
+    let err = quiet_fit(&config, |c| c.method.name = "magic".into())
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "unknown method \"magic\"; methods: erm, abra, dann, mixstyle"
+    );
+    let err = quiet_fit(&config, |c| {
+        c.method.name = "abra".into();
+        c.method
+            .params
+            .insert("margn".into(), toml::Value::Float(0.2));
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with("trainer.method.params: unknown field `margn`"),
+        "{err}"
+    );
+    let err = quiet_fit(&config, |c| c.model.arch = "vgg".into())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("trainer.model.arch: unknown architecture \"vgg\""),
+        "{err}"
+    );
+
+    // A run resumed with another architecture is refused, not overwritten.
+    quiet_fit(&config, |c| c.optim.steps = 2).unwrap();
+    let err = quiet_fit(&config, |c| c.model.width = 16)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("was trained with another configuration"),
+        "{err}"
+    );
+    // A missing run is named.
+    let out = trainer(&[
+        "eval",
+        "--run",
+        tmp.path().join("nothing").to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("nothing/best.json"),
+        "{stderr}"
+    );
+}
