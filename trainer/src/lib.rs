@@ -1,6 +1,7 @@
 //! bfx-trainer: fits batch-effect-robust models on microscopy screens with
 //! Candle and exports them as bundles for bfx-daemon.
 
+pub mod bench;
 pub mod calibrate;
 pub mod data;
 pub mod dataset;

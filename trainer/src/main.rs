@@ -121,6 +121,39 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Fit and evaluate methods x levels x folds x seeds from one base
+    /// config and write one table (results.md, results.json,
+    /// f1_by_level.png). Finished runs are reused: rerun to continue.
+    Bench {
+        /// Base configuration (data, preprocessing, model, optimizer).
+        #[arg(long)]
+        config: PathBuf,
+        /// Output folder (runs and the table).
+        #[arg(long)]
+        out: PathBuf,
+        /// Methods.
+        #[arg(long, value_delimiter = ',', default_value = "erm,abra,dann,mixstyle")]
+        methods: Vec<String>,
+        /// Levels.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "iid,section,plate,series"
+        )]
+        levels: Vec<SplitLevel>,
+        /// Folds of each level: `all` or a list such as 0,1.
+        #[arg(long, default_value = "all")]
+        folds: String,
+        /// Seeds.
+        #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
+        seeds: Vec<u64>,
+        /// Optimizer steps of every run (default: the config's).
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Command line to name in results.md as the way to remake it.
+        #[arg(long, default_value = "bfx-trainer bench")]
+        made_by: String,
+    },
     /// Calibration report of a screen: a linear probe on per-image intensity
     /// features predicts the plate (are batch effects visible?) and the
     /// label at every split level (do they confound biology?).
@@ -329,6 +362,54 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             overrides,
             resume,
         } => fit(&config, &overrides, resume),
+        Command::Bench {
+            config,
+            out,
+            methods,
+            levels,
+            folds,
+            seeds,
+            steps,
+            made_by,
+        } => {
+            let mut base = bfx_config::load_trainer(&config).context("invalid configuration")?;
+            if let Some(s) = steps {
+                base.optim.steps = s;
+            }
+            let folds = match folds.as_str() {
+                "all" => None,
+                list => Some(
+                    list.split(',')
+                        .map(|f| f.trim().parse::<usize>())
+                        .collect::<Result<Vec<_>, _>>()
+                        .with_context(|| {
+                            format!("--folds {list:?}: use `all` or numbers like 0,1")
+                        })?,
+                ),
+            };
+            let plan = bfx_trainer::bench::BenchPlan {
+                methods,
+                levels,
+                folds,
+                seeds,
+            };
+            let interrupt = Arc::new(AtomicBool::new(false));
+            signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&interrupt))
+                .context("cannot install the Ctrl-C handler")?;
+            let device = training_device()?;
+            let started = Instant::now();
+            let result =
+                bfx_trainer::bench::bench(&base, &plan, &out, &device, &interrupt, &|line| {
+                    println!("[{:>6.0} s] {line}", started.elapsed().as_secs_f64())
+                })?;
+            bfx_trainer::bench::write_results(&out, &result, &base, &plan, &made_by)
+                .map_err(anyhow::Error::msg)?;
+            print!(
+                "{}",
+                std::fs::read_to_string(out.join("results.md")).unwrap_or_default()
+            );
+            Ok(())
+        }
         Command::Eval { run, out } => {
             let device = training_device()?;
             let bar = progress_bar("decoding images");
