@@ -132,6 +132,12 @@ fn every_method_trains() {
     for method in ["abra", "dann", "mixstyle"] {
         let report = quiet_fit(&config, |c| {
             c.method.name = method.into();
+            if method == "abra" {
+                // Exercise CutMix within the plate on every step.
+                c.method
+                    .params
+                    .insert("cutmix".into(), toml::Value::Float(1.0));
+            }
             c.optim.steps = 8;
             c.out = tmp.path().join(method);
             c.split.level = bfx_config::trainer::SplitLevel::Plate;
@@ -245,5 +251,73 @@ fn bad_input_gets_one_clear_error() {
     assert!(
         !out.status.success() && stderr.contains("nothing/best.json"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = setup(tmp.path(), "");
+    let child = Command::new(env!("CARGO_BIN_EXE_bfx-trainer"))
+        .args([
+            "fit",
+            "--config",
+            config.to_str().unwrap(),
+            "--steps",
+            "100000",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The image cache is written just before the first step; give it a few steps more.
+    let cache = tmp.path().join("cache");
+    let started = std::time::Instant::now();
+    while std::fs::read_dir(&cache).map_or(true, |mut d| d.next().is_none()) {
+        assert!(started.elapsed().as_secs() < 120, "training never started");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("interrupted erm") && stdout.contains("--resume"),
+        "{stdout}"
+    );
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("run/last.json")).unwrap())
+            .unwrap();
+    let stopped = meta["step"].as_u64().unwrap();
+    // Usually a few steps in; on a loaded machine possibly before the first.
+    assert!(stopped < 100_000, "stopped at {stopped}");
+    // Resuming with a reachable goal finishes from there.
+    let goal = (stopped + 3).to_string();
+    let out = trainer(&[
+        "fit",
+        "--config",
+        config.to_str().unwrap(),
+        "--steps",
+        &goal,
+        "--resume",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("trained erm at iid fold 0: {goal} steps")),
+        "{stdout}"
     );
 }

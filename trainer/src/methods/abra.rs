@@ -14,11 +14,12 @@
 
 use candle_core::{DType, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
-use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
-use super::layers::{Perturbation, arcface_logits, js_divergence};
+use super::layers::{Perturbation, arcface_logits, cutmix, js_divergence};
 use super::{Batch, Method, MethodContext, Terms, cross_entropy};
 use crate::dataset::SamplerKind;
 use crate::model::{Classifier, seeded_init};
@@ -39,6 +40,8 @@ pub struct Params {
     pub eta: f64,
     /// Weight of the Jensen-Shannon term (default 1).
     pub js_weight: f64,
+    /// Probability of CutMix within the (single-plate) batch per step (default 0: off).
+    pub cutmix: f64,
 }
 
 impl Default for Params {
@@ -49,8 +52,15 @@ impl Default for Params {
             arcface_weight: 1.0,
             eta: 0.1,
             js_weight: 1.0,
+            cutmix: 0.0,
         }
     }
+}
+
+/// Labels of a batch, and with CutMix the partner's labels and the own share.
+struct Labels {
+    own: Tensor,
+    mixed: Option<(Tensor, f64)>,
 }
 
 /// The residual stage ABRA follows (0-based; 3 = `res4`).
@@ -103,17 +113,62 @@ impl Abra {
         Tensor::new(v, like.device())?.to_dtype(like.dtype())
     }
 
-    /// CE on the classifier plus weighted ArcFace on the embedding.
-    fn loss(&self, model: &Classifier, embedding: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
-        let ce = cross_entropy(&model.logits(embedding)?, y)?;
+    /// CE on the classifier plus weighted ArcFace on the embedding; with
+    /// CutMix, CE mixes the two labels by area and ArcFace takes the
+    /// label that covers more of the image.
+    fn loss(&self, model: &Classifier, embedding: &Tensor, y: &Labels) -> Result<(Tensor, Tensor)> {
+        let logits = model.logits(embedding)?;
+        let ce = match &y.mixed {
+            None => cross_entropy(&logits, &y.own)?,
+            Some((other, keep)) => {
+                ((cross_entropy(&logits, &y.own)? * *keep)?
+                    + (cross_entropy(&logits, other)? * (1.0 - keep))?)?
+            }
+        };
+        let major = match &y.mixed {
+            Some((other, keep)) if *keep < 0.5 => other,
+            _ => &y.own,
+        };
         let arc = arcface_logits(
             embedding,
             &self.arcface,
-            y,
+            major,
             self.params.margin,
             self.params.scale,
         )?;
-        Ok((ce, (cross_entropy(&arc, y)? * self.params.arcface_weight)?))
+        Ok((
+            ce,
+            (cross_entropy(&arc, major)? * self.params.arcface_weight)?,
+        ))
+    }
+
+    /// CutMix the batch with probability `cutmix`: a box of random area
+    /// (uniform) from a random partner of the same batch, thus the same plate.
+    fn maybe_cutmix(&mut self, batch: &Batch) -> Result<(Tensor, Labels)> {
+        let own = Labels {
+            own: batch.y.clone(),
+            mixed: None,
+        };
+        if self.params.cutmix <= 0.0 || self.rng.random::<f64>() >= self.params.cutmix {
+            return Ok((batch.x.clone(), own));
+        }
+        let (b, _, h, w) = batch.x.dims4()?;
+        let mut perm: Vec<u32> = (0..b as u32).collect();
+        perm.shuffle(&mut self.rng);
+        let side = self.rng.random::<f64>().sqrt();
+        let (bh, bw) = (((h as f64) * side) as usize, ((w as f64) * side) as usize);
+        let y0 = self.rng.random_range(0..=h - bh);
+        let x0 = self.rng.random_range(0..=w - bw);
+        let perm = Tensor::new(perm, batch.x.device())?;
+        let (x, keep) = cutmix(&batch.x, &perm, (y0, x0, bh, bw))?;
+        let other = batch.y.index_select(&perm, 0)?;
+        Ok((
+            x,
+            Labels {
+                own: batch.y.clone(),
+                mixed: Some((other, keep)),
+            },
+        ))
     }
 }
 
@@ -133,6 +188,7 @@ impl Method for Abra {
         let eps_mu = self.noise(c, &batch.x)?;
         let eps_sigma = self.noise(c, &batch.x)?;
         let b = batch.x.dim(0)?;
+        let (x, y) = self.maybe_cutmix(batch)?;
 
         // Phase 1: the perturbation ascends the loss; the network is detached
         // (features cut at the module, running statistics untouched).
@@ -152,9 +208,8 @@ impl Method for Abra {
                     Ok(h)
                 }
             };
-            let features =
-                model.features_with(&batch.x, &mut NormPass::new(BnMode::Batch), &mut hook)?;
-            let (ce, arc) = self.loss(model, &model.embed(&features)?, &batch.y)?;
+            let features = model.features_with(&x, &mut NormPass::new(BnMode::Batch), &mut hook)?;
+            let (ce, arc) = self.loss(model, &model.embed(&features)?, &y)?;
             (ce + arc)?
         };
         let grads = adversarial.backward()?;
@@ -181,11 +236,11 @@ impl Method for Abra {
                 Ok(h)
             }
         };
-        let features = model.features_with(&batch.x, &mut NormPass::train(), &mut hook)?;
+        let features = model.features_with(&x, &mut NormPass::train(), &mut hook)?;
         let embedding = model.embed(&features)?;
         let (clean, perturbed) = (embedding.narrow(0, 0, b)?, embedding.narrow(0, b, b)?);
-        let (ce_clean, arc_clean) = self.loss(model, &clean, &batch.y)?;
-        let (ce_pert, arc_pert) = self.loss(model, &perturbed, &batch.y)?;
+        let (ce_clean, arc_clean) = self.loss(model, &clean, &y)?;
+        let (ce_pert, arc_pert) = self.loss(model, &perturbed, &y)?;
         let js = js_divergence(&model.logits(&clean)?, &model.logits(&perturbed)?)?;
         let loss = (((&ce_clean + &arc_clean)? + (&ce_pert + &arc_pert)?)?
             + (&js * self.params.js_weight)?)?;

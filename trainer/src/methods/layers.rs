@@ -64,6 +64,37 @@ pub fn js_divergence(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     ((kl(&pa, &la)? + kl(&pb, &lb)?)? * 0.5)?.mean_all()
 }
 
+/// CutMix: the box `[y0, y0 + h) x [x0, x0 + w)` of every image replaced by
+/// the same box of image `perm[i]`. Returns the mixed images and the
+/// fraction of each image that stays its own (the weight of its label).
+pub fn cutmix(
+    x: &Tensor,
+    perm: &Tensor,
+    (y0, x0, h, w): (usize, usize, usize, usize),
+) -> Result<(Tensor, f64)> {
+    let (_, _, height, width) = x.dims4()?;
+    let other = x.index_select(perm, 0)?;
+    let patch = other.narrow(2, y0, h)?.narrow(3, x0, w)?;
+    let rows = x.narrow(2, y0, h)?;
+    let row_band = Tensor::cat(
+        &[
+            &rows.narrow(3, 0, x0)?,
+            &patch,
+            &rows.narrow(3, x0 + w, width - x0 - w)?,
+        ],
+        3,
+    )?;
+    let mixed = Tensor::cat(
+        &[
+            &x.narrow(2, 0, y0)?,
+            &row_band,
+            &x.narrow(2, y0 + h, height - y0 - h)?,
+        ],
+        2,
+    )?;
+    Ok((mixed, 1.0 - (h * w) as f64 / (height * width) as f64))
+}
+
 /// Per-image, per-channel mean and std over the spatial axes, `[b, c, 1, 1]`.
 pub fn instance_stats(x: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
     let mu = x.mean_keepdim(3)?.mean_keepdim(2)?;
@@ -144,6 +175,42 @@ mod tests {
 
     use super::*;
     use crate::nn::gradcheck::{TOLERANCE, max_error, random};
+
+    #[test]
+    fn cutmix_pastes_the_box_from_the_partner() {
+        let x = random(&[2, 1, 4, 5], 9);
+        let perm = Tensor::new(&[1u32, 0], &Device::Cpu).unwrap();
+        let (mixed, keep) = cutmix(&x, &perm, (1, 2, 2, 3)).unwrap();
+        assert!((keep - (1.0 - 6.0 / 20.0)).abs() < 1e-12);
+        assert_eq!(mixed.dims(), x.dims());
+        let (mv, xv) = (
+            mixed.flatten_from(1).unwrap().to_vec2::<f64>().unwrap(),
+            x.flatten_from(1).unwrap().to_vec2::<f64>().unwrap(),
+        );
+        for i in 0..2 {
+            for y in 0..4 {
+                for c in 0..5 {
+                    let inside = (1..3).contains(&y) && (2..5).contains(&c);
+                    let source = if inside { 1 - i } else { i };
+                    assert_eq!(
+                        mv[i][y * 5 + c],
+                        xv[source][y * 5 + c],
+                        "image {i} at ({y}, {c})"
+                    );
+                }
+            }
+        }
+        assert!(
+            max_error(&random(&[2, 1, 4, 5], 10), &|t| Ok(cutmix(
+                t,
+                &perm,
+                (1, 2, 2, 3)
+            )?
+            .0))
+            .unwrap()
+                < TOLERANCE
+        );
+    }
 
     #[test]
     fn gradient_reversal_flips_and_scales_the_gradient() {
