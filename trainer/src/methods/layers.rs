@@ -187,13 +187,13 @@ mod tests {
             mixed.flatten_from(1).unwrap().to_vec2::<f64>().unwrap(),
             x.flatten_from(1).unwrap().to_vec2::<f64>().unwrap(),
         );
-        for i in 0..2 {
+        for (i, image) in mv.iter().enumerate() {
             for y in 0..4 {
                 for c in 0..5 {
                     let inside = (1..3).contains(&y) && (2..5).contains(&c);
                     let source = if inside { 1 - i } else { i };
                     assert_eq!(
-                        mv[i][y * 5 + c],
+                        image[y * 5 + c],
                         xv[source][y * 5 + c],
                         "image {i} at ({y}, {c})"
                     );
