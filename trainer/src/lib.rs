@@ -12,5 +12,6 @@ pub mod methods;
 pub mod model;
 pub mod nn;
 pub mod optim;
+pub mod random;
 pub mod sheet;
 pub mod synth;

@@ -114,7 +114,7 @@ pub fn seeded_init(map: &VarMap, prefix: &str, seed: u64) -> Result<()> {
         } else if dims.len() == 4 {
             let sd = (2.0 / fan_in).sqrt();
             (0..n)
-                .map(|_| sd * crate::synth::standard_normal(&mut rng))
+                .map(|_| sd * crate::random::standard_normal(&mut rng))
                 .collect()
         } else {
             let bound = 1.0 / fan_in.sqrt();

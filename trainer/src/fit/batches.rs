@@ -103,10 +103,7 @@ pub fn batch(
     for &i in indices {
         let image = images.image(part.images[i]);
         match rng.as_deref_mut() {
-            Some(r) => {
-                let t: u8 = r.random_range(0..if h == w { 8 } else { 4 });
-                dihedral(image, c, h, w, t, &mut data);
-            }
+            Some(r) => dihedral(image, c, h, w, augmentation(r, h, w), &mut data),
             None => data.extend_from_slice(image),
         }
     }
@@ -117,6 +114,13 @@ pub fn batch(
         y: Tensor::new(y, device)?,
         env: Tensor::new(env, device)?,
     })
+}
+
+/// The dihedral element an augmented `h` x `w` image gets: any of the 8
+/// for a square image, flips only otherwise. Batching and the replay of a
+/// resumed run both draw through here, so they consume the stream alike.
+pub fn augmentation(rng: &mut (impl rand::RngCore + ?Sized), h: usize, w: usize) -> u8 {
+    rng.random_range(0..if h == w { 8 } else { 4 })
 }
 
 /// Append `image` transformed by dihedral element `t`: bit 0 flips

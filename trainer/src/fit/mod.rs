@@ -205,10 +205,10 @@ pub fn fit(
     // Replay the sampler and augmentation streams so a resumed run draws
     // the batches an uninterrupted run would have.
     let mut augment_rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x5EED);
+    let [_, h, w] = run.images.shape;
     for _ in 0..meta.step {
-        let b = sampler.next_batch();
-        for _ in &b {
-            let _ = rand::Rng::random_range(&mut augment_rng, 0..8u8);
+        for _ in sampler.next_batch() {
+            batches::augmentation(&mut augment_rng, h, w);
         }
     }
     progress.set_length(config.optim.steps as u64);

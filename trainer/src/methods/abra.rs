@@ -108,7 +108,7 @@ impl Abra {
 
     fn noise(&mut self, c: usize, like: &Tensor) -> Result<Tensor> {
         let v: Vec<f32> = (0..c)
-            .map(|_| crate::synth::standard_normal(&mut self.rng))
+            .map(|_| crate::random::standard_normal(&mut self.rng))
             .collect();
         Tensor::new(v, like.device())?.to_dtype(like.dtype())
     }

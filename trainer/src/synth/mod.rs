@@ -26,7 +26,7 @@ use thiserror::Error;
 
 use crate::dataset::{Manifest, SiteRow, split};
 pub use design::{Channel, Design, Environment, LevelFolds, PlateDesign, WellDesign};
-pub use effects::{Effects, Optics, gaussian_blur, standard_normal};
+pub use effects::{Effects, Optics, gaussian_blur};
 pub use phenotype::{ClassSpec, Morphology};
 pub use preset::{ClassPlan, Shape, SynthPreset};
 
@@ -272,7 +272,7 @@ fn write_site(
     // (higher magnification) shows fewer of them.
     let expected = shape.cells_per_field * optics.density / (optics.scale * optics.scale);
     let crowding = optics.density.powf(-0.2);
-    let count = render::poisson(expected, &mut rng).max(1);
+    let count = crate::random::poisson(expected, &mut rng).max(1);
     for _ in 0..count {
         let mut cell = class.cell(shape.cell_spread, &mut rng);
         cell.cell_radius *= crowding;

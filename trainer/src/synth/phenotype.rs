@@ -7,7 +7,7 @@
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::effects::standard_normal;
+use crate::random::standard_normal;
 
 /// Features a class can change, as log-scale multipliers of the control.
 pub const FEATURES: [&str; 10] = [

@@ -4,8 +4,8 @@
 use rand::Rng;
 
 use super::CHANNELS;
-use super::effects::standard_normal;
 use super::phenotype::Morphology;
+use crate::random::{poisson, standard_normal};
 
 /// Channel planes of one field.
 pub struct Field {
@@ -226,16 +226,4 @@ impl CellShape {
 
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
-}
-
-/// A Poisson draw (Knuth's method; means here are small).
-pub fn poisson(mean: f32, rng: &mut impl Rng) -> usize {
-    let limit = (-mean.clamp(0.0, 60.0)).exp();
-    let mut k = 0;
-    let mut p = rng.random::<f32>();
-    while p > limit {
-        k += 1;
-        p *= rng.random::<f32>();
-    }
-    k
 }
