@@ -55,8 +55,8 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Instrument naming of the files.
-        #[arg(long, value_enum, default_value = "imagexpress")]
-        naming: NamingArg,
+        #[arg(long, value_parser = naming_arg(), default_value = "imagexpress")]
+        naming: Preset,
     },
     /// Build a manifest by scanning an acquisition folder with a naming
     /// preset and labelling wells from a plate map CSV (well, label[,
@@ -66,8 +66,8 @@ enum Command {
         #[arg(long)]
         root: PathBuf,
         /// Naming preset of the files.
-        #[arg(long, value_enum)]
-        naming: NamingArg,
+        #[arg(long, value_parser = naming_arg())]
+        naming: Preset,
         /// Plate map CSV.
         #[arg(long)]
         plate_map: PathBuf,
@@ -228,26 +228,12 @@ impl Overrides {
     }
 }
 
-/// Instrument naming presets that write files (not `custom`).
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum NamingArg {
-    Imagexpress,
-    Opera,
-    Yokogawa,
-    Cellomics,
-    Rxrx,
-}
-
-impl From<NamingArg> for Preset {
-    fn from(n: NamingArg) -> Preset {
-        match n {
-            NamingArg::Imagexpress => Preset::Imagexpress,
-            NamingArg::Opera => Preset::Opera,
-            NamingArg::Yokogawa => Preset::Yokogawa,
-            NamingArg::Cellomics => Preset::Cellomics,
-            NamingArg::Rxrx => Preset::Rxrx,
-        }
-    }
+/// `--naming`: an instrument preset (not `custom`), by its configuration name.
+fn naming_arg() -> impl clap::builder::TypedValueParser<Value = Preset> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(Preset::INSTRUMENTS.map(Preset::name))
+        // The possible values are exactly the instrument names.
+        .map(|name| Preset::instrument(&name).expect("an instrument preset name"))
 }
 
 fn main() -> ExitCode {
@@ -301,7 +287,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let started = Instant::now();
             let bar = progress_bar("rendering sites");
-            let summary = synth::generate(preset, &out, seed, naming.into(), &bar)
+            let summary = synth::generate(preset, &out, seed, naming, &bar)
                 .with_context(|| format!("cannot write the {preset} screen"))?;
             let d = &summary.design;
             println!(
@@ -335,7 +321,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             channels,
             out,
         } => {
-            let scheme = NamingScheme::preset(naming.into())?;
+            let scheme = NamingScheme::preset(naming)?;
             let map = PlateMap::read(&plate_map)?;
             let (manifest, report) = scan_acquisition(&root, &scheme, &channels, &map)?;
             manifest.write(&out)?;

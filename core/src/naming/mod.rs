@@ -59,6 +59,23 @@ impl Preset {
             Preset::Custom => "custom",
         }
     }
+
+    /// What the preset writes before a channel number (`w2`, `ch1`, `c1`,
+    /// `d0`); empty for `custom`, whose `channel` group is taken as captured.
+    pub fn channel_prefix(self) -> &'static str {
+        match self {
+            Preset::Imagexpress | Preset::Rxrx => "w",
+            Preset::Opera => "ch",
+            Preset::Yokogawa => "c",
+            Preset::Cellomics => "d",
+            Preset::Custom => "",
+        }
+    }
+
+    /// The instrument preset named `name` (`custom` is not an instrument).
+    pub fn instrument(name: &str) -> Option<Preset> {
+        Preset::INSTRUMENTS.into_iter().find(|p| p.name() == name)
+    }
 }
 
 impl fmt::Display for Preset {

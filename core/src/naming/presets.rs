@@ -44,7 +44,7 @@ const KNOWN_GROUPS: [&str; 8] = ["plate", "well", "row", "col", "site", "channel
 
 impl Rule {
     pub fn preset(preset: Preset) -> Rule {
-        let (pattern, expected, channel_prefix, plate, dir_tokens) = match preset {
+        let (pattern, expected, plate, dir_tokens) = match preset {
             Preset::Imagexpress => (
                 // The plate part is greedy so the well is the last `_<well>`
                 // token; the GUID is glued to the wave number. Wells are
@@ -53,7 +53,6 @@ impl Rule {
                     r"^(?P<plate>.+)_(?P<well>[A-Z]{{1,2}}\d{{1,3}})(?:_s(?P<site>\d+))?(?:_w(?P<channel>\d+))?(?P<thumb>_thumb)?(?:{GUID})?{TIFF_EXT}"
                 ),
                 "<plate>_<well>[_s<site>][_w<wave>][<GUID>].tif, e.g. IXMtest_A03_s2_w2<GUID>.tif",
-                "w",
                 PlateRule::FromName,
                 true,
             ),
@@ -62,7 +61,6 @@ impl Rule {
                     r"^r(?P<row>\d{{2}})c(?P<col>\d{{2}})f(?P<site>\d{{2,3}})p(?P<z>\d{{2,3}})-ch(?P<channel>\d{{1,2}})(?:sk(?P<t>\d+)fk\d+fl\d+|t(?P<t2>\d+))?{TIFF_EXT}"
                 ),
                 "r<row>c<col>f<field>p<plane>-ch<channel>sk<t>fk1fl1.tiff inside a plate folder",
-                "ch",
                 PlateRule::ParentSkipping(&["images"]),
                 false,
             ),
@@ -71,7 +69,6 @@ impl Rule {
                     r"^(?P<plate>.+)_(?P<well>[A-Z]{{1,2}}\d{{2}})_T(?P<t>\d{{4}})F(?P<site>\d{{3}})L\d{{2}}A\d{{2}}Z(?P<z>\d{{2}})C(?P<channel>\d{{2}}){TIFF_EXT}"
                 ),
                 "<plate>_<well>_T0001F001L01A01Z01C01.tif",
-                "c",
                 PlateRule::FromName,
                 false,
             ),
@@ -80,7 +77,6 @@ impl Rule {
                     r"^(?P<plate>.+)_(?P<well>[A-Z]{{1,2}}\d{{2}})f(?P<site>\d{{2,3}})d(?P<channel>\d)(?:{GUID})?{TIFF_EXT}"
                 ),
                 "<plate>_<well>f<field, 2 digits>d<channel digit>.tif, e.g. AS_09047_050428030001_O24f02d2.TIF",
-                "d",
                 PlateRule::FromName,
                 false,
             ),
@@ -88,7 +84,6 @@ impl Rule {
                 r"^(?P<well>[A-Z]{1,2}\d{2})_s(?P<site>\d+)_w(?P<channel>\d+)\.(?i:png|tiff?)$"
                     .to_owned(),
                 "<experiment>/Plate<p>/<well>_s<site>_w<channel>.png",
-                "w",
                 PlateRule::ExperimentPlate,
                 false,
             ),
@@ -97,10 +92,10 @@ impl Rule {
         };
         Rule {
             preset,
+            channel_prefix: preset.channel_prefix(),
             // The preset patterns are constants of this file; the tests compile each.
             regex: Regex::new(&pattern).expect("preset patterns are valid regexes"),
             expected: expected.to_owned(),
-            channel_prefix,
             plate,
             dir_tokens,
         }

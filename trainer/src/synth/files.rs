@@ -19,13 +19,9 @@ pub fn plate_name(naming: Preset, series: &str, number: usize) -> String {
 
 /// Channel identifier the preset writes for channel index `c` (from 0).
 pub fn channel_id(naming: Preset, c: usize) -> String {
-    match naming {
-        Preset::Opera => format!("ch{}", c + 1),
-        Preset::Yokogawa => format!("c{}", c + 1),
-        // Cellomics counts channels (and fields) from 0.
-        Preset::Cellomics => format!("d{c}"),
-        _ => format!("w{}", c + 1),
-    }
+    // Cellomics counts channels (and fields) from 0, the others from 1.
+    let first = usize::from(naming != Preset::Cellomics);
+    format!("{}{}", naming.channel_prefix(), c + first)
 }
 
 /// Site number the preset writes for the `index`-th field of a well (from 0).
