@@ -10,19 +10,51 @@ use candle_core::{Device, Result};
 use crate::dataset::Images;
 use crate::fit::batches::{Part, batch};
 use crate::model::Classifier;
-use crate::nn::{BnMode, NormPass};
+use crate::nn::{BnMode, LayerStats, NormPass};
+
+/// Every BatchNorm layer's statistics for each plate index of a part.
+pub type PlateStats = BTreeMap<usize, Vec<LayerStats>>;
 
 /// How BatchNorm statistics are chosen at inference.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Adapt {
+#[derive(Clone, Copy, Debug)]
+pub enum Adapt<'a> {
     /// Training running statistics.
     None,
     /// AdaBN with the statistics of each inference batch of this size
     /// (batches never mix plates).
     PerBatch(usize),
-    /// AdaBN with each plate's statistics, measured over up to
-    /// [`PLATE_SAMPLE`] of its images, then batches of this size.
-    PerPlate(usize),
+    /// AdaBN with each plate's statistics (from [`plate_stats`]), in
+    /// batches of this size.
+    PerPlate(&'a PlateStats, usize),
+}
+
+/// Each plate's statistics, measured in one batch-statistics pass over up
+/// to [`PLATE_SAMPLE`] of its images in `part`.
+pub fn plate_stats(
+    model: &Classifier,
+    images: &Images,
+    part: &Part,
+    device: &Device,
+) -> Result<PlateStats> {
+    let mut stats = PlateStats::new();
+    for (plate, members) in by_plate(part) {
+        let step = members.len().div_ceil(PLATE_SAMPLE);
+        let sample: Vec<usize> = members.iter().step_by(step).copied().collect();
+        let b = batch(images, part, &sample, None, device)?;
+        let mut record = NormPass::recording();
+        model.forward(&b.x, &mut record)?;
+        stats.insert(plate, record.recorded);
+    }
+    Ok(stats)
+}
+
+/// Positions of `part`'s images, grouped by plate.
+fn by_plate(part: &Part) -> BTreeMap<usize, Vec<usize>> {
+    let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, &plate) in part.plates.iter().enumerate() {
+        groups.entry(plate).or_default().push(i);
+    }
+    groups
 }
 
 /// Most images a plate's statistics are measured on.
@@ -59,10 +91,6 @@ pub fn embed(
         }
         Ok(())
     };
-    let mut by_plate: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for i in 0..n {
-        by_plate.entry(part.plates[i]).or_default().push(i);
-    }
     match adapt {
         Adapt::None => {
             for chunk in (0..n).collect::<Vec<_>>().chunks(64) {
@@ -70,21 +98,19 @@ pub fn embed(
             }
         }
         Adapt::PerBatch(size) => {
-            for plate in by_plate.values() {
+            for plate in by_plate(part).values() {
                 for chunk in plate.chunks(size.max(1)) {
                     run(chunk, &mut NormPass::new(BnMode::Batch))?;
                 }
             }
         }
-        Adapt::PerPlate(size) => {
-            for plate in by_plate.values() {
-                let step = plate.len().div_ceil(PLATE_SAMPLE);
-                let sample: Vec<usize> = plate.iter().step_by(step).copied().collect();
-                let b = batch(images, part, &sample, None, device)?;
-                let mut record = NormPass::recording();
-                model.forward(&b.x, &mut record)?;
-                for chunk in plate.chunks(size.max(1)) {
-                    run(chunk, &mut NormPass::with_stats(record.recorded.clone()))?;
+        Adapt::PerPlate(stats, size) => {
+            for (plate, members) in by_plate(part) {
+                let layers = stats.get(&plate).ok_or_else(|| {
+                    candle_core::Error::Msg(format!("no AdaBN statistics for plate index {plate}"))
+                })?;
+                for chunk in members.chunks(size.max(1)) {
+                    run(chunk, &mut NormPass::with_stats(layers.clone()))?;
                 }
             }
         }

@@ -13,7 +13,7 @@ use candle_nn::{VarBuilder, VarMap};
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
-pub use self::embed::{Adapt, Embedded, embed};
+pub use self::embed::{Adapt, Embedded, PlateStats, embed, plate_stats};
 pub use self::report::write_report;
 use crate::fit::batches::Part;
 use crate::fit::checkpoint::{self, BEST, CheckpointMeta};
@@ -131,7 +131,7 @@ pub fn evaluate(
     let both = concat(&test, &train_sample);
     let is_bn = !meta.model.encoder.instance_norm;
 
-    let mode = |adapt: Adapt| -> Result<(ModeMetrics, Embedded), FitError> {
+    let mode = |adapt: Adapt<'_>| -> Result<(ModeMetrics, Embedded), FitError> {
         let e = embed(&model, &run.images, &both, adapt, device)?;
         let n = test.images.len();
         let truth = &test.classes;
@@ -159,7 +159,10 @@ pub fn evaluate(
     let mut adabn = None;
     let mut curve = Vec::new();
     if is_bn {
-        adabn = Some(mode(Adapt::PerPlate(64))?.0);
+        let both_stats = plate_stats(&model, &run.images, &both, device)?;
+        adabn = Some(mode(Adapt::PerPlate(&both_stats, 64))?.0);
+        // The test plates' statistics, measured once for every batch size.
+        let test_stats = plate_stats(&model, &run.images, &test, device)?;
         for &size in &CURVE_SIZES {
             let acc = |adapt| -> Result<f64, FitError> {
                 let e = embed(&model, &run.images, &test, adapt, device)?;
@@ -168,7 +171,7 @@ pub fn evaluate(
             curve.push(CurvePoint {
                 batch_size: size,
                 per_batch: acc(Adapt::PerBatch(size))?,
-                per_plate: acc(Adapt::PerPlate(size))?,
+                per_plate: acc(Adapt::PerPlate(&test_stats, size))?,
             });
         }
     }
