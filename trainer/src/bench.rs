@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::dataset::split::{self, SplitLevel};
 use crate::eval::{self, Evaluation};
 use crate::fit::{self, FitError};
+use crate::linear::mean_std;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -146,18 +147,6 @@ fn pretty(method: &str) -> String {
         "mixstyle" => "MixStyle".into(),
         other => other.to_owned(),
     }
-}
-
-/// Mean and (population) std.
-fn mean_std(v: &[f64]) -> Option<(f64, f64)> {
-    if v.is_empty() {
-        return None;
-    }
-    let m = v.iter().sum::<f64>() / v.len() as f64;
-    Some((
-        m,
-        (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64).sqrt(),
-    ))
 }
 
 fn summarize(plan: &BenchPlan, runs: Vec<Evaluation>) -> BenchResult {

@@ -3,6 +3,7 @@
 //! predicts the plate (batch effects visible) and the label y at every
 //! generalization level (IID vs leave-section/plate/series-out).
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -11,7 +12,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::dataset::{Dataset, DatasetError, EnvLevel, SplitLevel, split};
-use crate::linear::{FitOptions, LogisticRegression, accuracy, macro_f1};
+use crate::linear::{FitOptions, LogisticRegression, accuracy, macro_f1, mean_std};
 use crate::synth::Design;
 
 /// Per channel: log of mean, std and the 10/50/90/99th percentiles.
@@ -89,11 +90,12 @@ pub fn probe(
         let s = data.split(level, fold)?;
         let train: Vec<usize> = s.train.iter().chain(&s.val).copied().collect();
         let seen: Vec<usize> = train.iter().map(|&i| targets[i]).collect();
+        let trained: BTreeSet<usize> = seen.iter().copied().collect();
         let test: Vec<usize> = s
             .test
             .iter()
             .copied()
-            .filter(|&i| seen.contains(&targets[i]))
+            .filter(|&i| trained.contains(&targets[i]))
             .collect();
         if test.is_empty() {
             continue;
@@ -110,19 +112,17 @@ pub fn probe(
         chances.push(1.0 / present.len() as f64);
         sites += test.len();
     }
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    let acc = mean(&accs);
+    let mean = |v: &[f64]| mean_std(v).map_or((0.0, 0.0), |m| m);
+    let (acc, acc_std) = mean(&accs);
     Ok(ProbeResult {
         target: target_name.to_owned(),
         level: split::level_name(level).to_owned(),
         folds: accs.len(),
         test_sites: sites,
         accuracy: acc,
-        accuracy_std: (accs.iter().map(|a| (a - acc).powi(2)).sum::<f64>()
-            / accs.len().max(1) as f64)
-            .sqrt(),
-        macro_f1: mean(&f1s),
-        chance: mean(&chances),
+        accuracy_std: acc_std,
+        macro_f1: mean(&f1s).0,
+        chance: mean(&chances).0,
     })
 }
 

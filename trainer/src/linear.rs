@@ -146,6 +146,16 @@ pub fn argmax(values: &[f64]) -> usize {
     best
 }
 
+/// Mean and population standard deviation; `None` for no values.
+pub fn mean_std(v: &[f64]) -> Option<(f64, f64)> {
+    if v.is_empty() {
+        return None;
+    }
+    let m = v.iter().sum::<f64>() / v.len() as f64;
+    let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64;
+    Some((m, var.sqrt()))
+}
+
 /// Fraction of predictions equal to the truth (0 for no predictions).
 pub fn accuracy(truth: &[usize], predicted: &[usize]) -> f64 {
     if truth.is_empty() {

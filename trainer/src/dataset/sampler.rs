@@ -142,32 +142,15 @@ impl Sampler {
             SamplerKind::ClassBalanced => balanced(&self.by_class, self.batch, &mut self.rng),
             SamplerKind::EnvBalanced => balanced(&self.by_env, self.batch, &mut self.rng),
             SamplerKind::PlateConsistent => {
-                let total: usize = self.by_env.iter().map(Vec::len).sum();
-                let mut pick = self.rng.random_range(0..total);
-                let plate = self
-                    .by_env
-                    .iter()
-                    .find(|g| {
-                        let hit = pick < g.len();
-                        pick = pick.saturating_sub(g.len());
-                        hit
-                    })
-                    .unwrap_or(&self.by_env[0]);
-                distinct(plate, self.batch, &mut self.rng)
+                let sizes: Vec<usize> = self.by_env.iter().map(Vec::len).collect();
+                let plate = weighted_index(&sizes, &mut self.rng);
+                distinct(&self.by_env[plate], self.batch, &mut self.rng)
             }
             SamplerKind::YGrouped { classes, per_class } => {
                 let mut weights: Vec<usize> = self.by_class.iter().map(Vec::len).collect();
                 let mut batch = Vec::with_capacity(classes * per_class);
                 for _ in 0..classes {
-                    let total: usize = weights.iter().sum();
-                    let mut pick = self.rng.random_range(0..total);
-                    let c = (0..weights.len())
-                        .find(|&c| {
-                            let hit = pick < weights[c];
-                            pick = pick.saturating_sub(weights[c]);
-                            hit
-                        })
-                        .unwrap_or(0);
+                    let c = weighted_index(&weights, &mut self.rng);
                     // Without replacement: a class is drawn once per batch.
                     weights[c] = 0;
                     batch.extend(distinct(&self.by_class[c], per_class, &mut self.rng));
@@ -190,6 +173,20 @@ impl Sampler {
         }
         batch
     }
+}
+
+/// An index drawn with probability proportional to its weight (the
+/// weights sum to more than 0: every group and kept class has items).
+fn weighted_index(weights: &[usize], rng: &mut impl Rng) -> usize {
+    let mut pick = rng.random_range(0..weights.iter().sum::<usize>());
+    for (i, &w) in weights.iter().enumerate() {
+        if pick < w {
+            return i;
+        }
+        pick -= w;
+    }
+    // Unreachable: pick is below the sum of the weights.
+    weights.len() - 1
 }
 
 /// `n` slots, each: a group uniformly, then an item of it uniformly.

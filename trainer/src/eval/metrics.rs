@@ -4,11 +4,13 @@
 
 use crate::linear::{FitOptions, LogisticRegression, macro_f1};
 
-fn cosine_distances(e: &[Vec<f32>], q: usize) -> Vec<f32> {
-    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-    let nq = norm(&e[q]);
+/// Rows scaled to unit length, so a dot product is a cosine.
+fn unit_rows(e: &[Vec<f32>]) -> Vec<Vec<f32>> {
     e.iter()
-        .map(|v| 1.0 - v.iter().zip(&e[q]).map(|(a, b)| a * b).sum::<f32>() / (norm(v) * nq))
+        .map(|v| {
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            v.iter().map(|x| x / norm).collect()
+        })
         .collect()
 }
 
@@ -25,11 +27,15 @@ pub fn knn_batch_cv(
     if queries.is_empty() {
         return 0.0;
     }
+    let unit = unit_rows(e);
     let classes = labels.iter().max().map_or(0, |m| m + 1);
     let correct = queries
         .iter()
         .filter(|&&q| {
-            let d = cosine_distances(e, q);
+            let d: Vec<f32> = unit
+                .iter()
+                .map(|v| 1.0 - v.iter().zip(&unit[q]).map(|(a, b)| a * b).sum::<f32>())
+                .collect();
             let mut others: Vec<usize> = (0..e.len()).filter(|&i| envs[i] != envs[q]).collect();
             others.sort_by(|&a, &b| d[a].total_cmp(&d[b]));
             let mut votes = vec![0usize; classes];
