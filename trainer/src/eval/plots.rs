@@ -92,13 +92,7 @@ pub fn adabn_curve(
             )
             .map_err(|e| err(path, e))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(path, e))?;
+    legend(&mut chart, SeriesLabelPosition::LowerRight, path)?;
     root.present().map_err(|e| err(path, e))
 }
 
@@ -145,13 +139,7 @@ pub fn projection(
                 .label(name.clone())
                 .legend(move |(x, y)| Circle::new((x + 6, y), 4, c.filled()));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| err(path, e))?;
+        legend(&mut chart, SeriesLabelPosition::UpperRight, path)?;
     }
     root.present().map_err(|e| err(path, e))
 }
@@ -204,14 +192,27 @@ pub fn level_bars(
             .label(name.clone())
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
     }
+    legend(&mut chart, SeriesLabelPosition::UpperRight, path)?;
+    root.present().map_err(|e| err(path, e))
+}
+
+/// The series legend every plot uses: framed, on a translucent white box.
+fn legend<'a, DB, CT>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+    path: &Path,
+) -> Result<(), String>
+where
+    DB: DrawingBackend + 'a,
+    CT: CoordTranslate,
+{
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(position)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
-        .map_err(|e| err(path, e))?;
-    root.present().map_err(|e| err(path, e))
+        .map_err(|e| err(path, e))
 }
 
 fn bounds(v: impl Iterator<Item = f32>) -> (f32, f32) {
