@@ -1,5 +1,6 @@
-//! The trainer (Candle tensor) and the daemon (ndarray for ONNX Runtime)
-//! turn the same acquisition files into bit-identical model input.
+//! The trainer (manifest, decoded-image cache, Candle batch tensor: the
+//! path `fit` takes) and the daemon (ndarray for ONNX Runtime) turn the
+//! same acquisition files into bit-identical model input.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -8,7 +9,10 @@ use bfx_core::image::ReadOptions;
 use bfx_core::naming::{NamingScheme, Preset, SiteKey};
 use bfx_core::preprocess::{Geometry, Normalization, PreprocessSpec, SiteFiles};
 use bfx_tests::run_python;
+use bfx_trainer::dataset::{self, Manifest, SiteRow};
+use bfx_trainer::fit::batches::{Part, batch};
 use candle_core::Device;
+use indicatif::ProgressBar;
 
 /// Two ImageXpress sites of 5 uint16 channels (463 x 461, as real cameras
 /// crop), each channel with another compression, plus one multi-page site.
@@ -82,29 +86,94 @@ fn specs() -> Vec<PreprocessSpec> {
     ]
 }
 
-fn assert_bit_identical(spec: &PreprocessSpec, files: &SiteFiles) -> Vec<f32> {
-    let read = ReadOptions::default();
-    let tensor =
-        bfx_trainer::data::site_tensor(spec, files, &read, &Device::Cpu).expect("trainer path");
-    let array = bfx_daemon::model_input::site_array(spec, files, &read).expect("daemon path");
-    assert_eq!(tensor.dims(), array.shape(), "{files:?}");
-    let trainer: Vec<f32> = tensor
+/// What the daemon feeds ONNX Runtime for a site, as flat samples and shape.
+fn daemon_input(spec: &PreprocessSpec, files: &SiteFiles) -> (Vec<usize>, Vec<f32>) {
+    let array = bfx_daemon::model_input::site_array(spec, files, &ReadOptions::default())
+        .expect("daemon path");
+    let shape = array.shape().to_vec();
+    (shape, array.as_slice().expect("standard layout").to_vec())
+}
+
+/// What `fit` feeds the model for the site `files` (per channel, absolute
+/// paths): a one-row manifest, the image cache (written, then read back),
+/// and the batch tensor of the site's images.
+fn trainer_input(
+    spec: &PreprocessSpec,
+    files: &[(String, std::path::PathBuf)],
+    cache: &Path,
+) -> (Vec<usize>, Vec<f32>) {
+    let row = SiteRow {
+        plate: "P".into(),
+        well: "B03".into(),
+        site: 1,
+        series: None,
+        section: None,
+        label: Some("x".into()),
+        paths: spec
+            .channels
+            .iter()
+            .map(|c| {
+                files
+                    .iter()
+                    .find(|(k, _)| k == c)
+                    .expect("every channel")
+                    .1
+                    .clone()
+            })
+            .collect(),
+        line: 2,
+    };
+    let manifest = Manifest {
+        source: "parity.csv".into(),
+        channels: spec.channels.clone(),
+        has_series: false,
+        has_section: false,
+        rows: vec![row],
+    };
+    let load = || {
+        dataset::load_images(
+            &manifest,
+            Path::new("/"),
+            spec,
+            &ReadOptions::default(),
+            Some(cache),
+            &ProgressBar::hidden(),
+        )
+        .expect("trainer path")
+    };
+    let fresh = load();
+    let cached = load();
+    assert!(fresh == cached, "the cache returns what was decoded");
+    let n = cached.len();
+    let part = Part {
+        images: (0..n).collect(),
+        classes: vec![0; n],
+        plates: vec![0; n],
+    };
+    let all: Vec<usize> = (0..n).collect();
+    let tensor = batch(&cached, &part, &all, None, &Device::Cpu)
+        .expect("batch tensor")
+        .x;
+    let data = tensor
         .flatten_all()
         .and_then(|t| t.to_vec1())
         .expect("tensor data");
-    let daemon = array.as_slice().expect("standard layout");
-    let differing = trainer
-        .iter()
-        .zip(daemon)
-        .filter(|(a, b)| a.to_bits() != b.to_bits())
-        .count();
+    (tensor.dims().to_vec(), data)
+}
+
+fn assert_bit_identical(a: &(Vec<usize>, Vec<f32>), b: &(Vec<usize>, Vec<f32>), what: &str) {
+    assert_eq!(a.0, b.0, "{what}: shapes");
+    let differing =
+        a.1.iter()
+            .zip(&b.1)
+            .filter(|(x, y)| x.to_bits() != y.to_bits())
+            .count();
     assert_eq!(
         differing,
         0,
-        "{differing} of {} values differ for {files:?}",
-        trainer.len()
+        "{differing} of {} values differ for {what}",
+        a.1.len()
     );
-    trainer
 }
 
 #[test]
@@ -119,12 +188,12 @@ fn trainer_and_daemon_inputs_are_bit_identical() {
     );
     for spec in specs() {
         let mut outputs = Vec::new();
-        for (key, files) in &sites {
+        for (i, (key, files)) in sites.iter().enumerate() {
             assert_eq!(files.len(), 5, "{key}");
-            outputs.push(assert_bit_identical(
-                &spec,
-                &SiteFiles::PerChannel(files.clone()),
-            ));
+            let trainer = trainer_input(&spec, files, &dir.path().join(format!("cache{i}")));
+            let daemon = daemon_input(&spec, &SiteFiles::PerChannel(files.clone()));
+            assert_bit_identical(&trainer, &daemon, &key.to_string());
+            outputs.push(trainer.1);
         }
         // Not a degenerate comparison: the input varies and differs by site.
         let values = &outputs[0];
@@ -139,11 +208,11 @@ fn trainer_and_daemon_inputs_are_bit_identical() {
         // The multi-page copy of site 2 is the same input as its per-channel files
         // (it holds the channels in w1..w5 order, so only for specs in that order).
         if spec.channels.first().map(String::as_str) == Some("w1") {
-            let multi = assert_bit_identical(
+            let multi = daemon_input(
                 &spec,
                 &SiteFiles::MultiPage(dir.path().join("multipage_site.tif")),
             );
-            assert_eq!(multi, outputs[1]);
+            assert_eq!(multi.1, outputs[1]);
         }
     }
 }

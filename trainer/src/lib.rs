@@ -3,7 +3,6 @@
 
 pub mod bench;
 pub mod calibrate;
-pub mod data;
 pub mod dataset;
 pub mod eval;
 pub mod fit;
