@@ -312,10 +312,7 @@ fn the_cache_follows_its_inputs() {
         &hidden,
     )
     .unwrap();
-    assert_eq!(
-        first.image(3),
-        [0.3, 0.31, 0.32, 0.33].map(|x: f32| x).as_slice()
-    );
+    assert_eq!(first.image(3), [0.3f32, 0.31, 0.32, 0.33].as_slice());
     let key = dataset::cache_path(&data.manifest, &root, &spec(false), &read, &cache);
     assert!(key.is_file());
     // Another spec is another cache entry.
