@@ -3,8 +3,10 @@
 //! - [`naming`]: acquisition file names to plate, well, site and channel.
 //! - [`image`]: TIFF and PNG planes, with limits against decompression bombs.
 //! - [`preprocess`]: one implementation from files to model input.
+//! - [`arch`]: network architectures as data, shared by the trainer and the exporter.
 //! - [`bundle`]: the model bundle manifest, the trainer/daemon contract.
 
+pub mod arch;
 pub mod bundle;
 pub mod image;
 pub mod naming;

@@ -5,26 +5,10 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Linear, Module, VarBuilder, VarMap, linear};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 
-use crate::nn::{NormPass, ResNet, ResNetSpec};
+use crate::nn::{NormPass, ResNet};
 
-/// Everything needed to rebuild the network (checkpoints, bundles, export).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelSpec {
-    /// Architecture name (`resnet18`).
-    pub arch: String,
-    /// The encoder.
-    pub encoder: ResNetSpec,
-    /// Embedding dimension.
-    pub embedding_dim: usize,
-    /// Number of classes of the linear classifier.
-    pub classes: usize,
-}
-
-/// Variable-name prefix of the model (method variables use `method.`).
-pub const MODEL_PREFIX: &str = "model";
+pub use bfx_core::arch::{MODEL_PREFIX, ModelSpec};
 
 /// Encoder -> embedding -> logits.
 #[derive(Clone, Debug)]
@@ -138,4 +122,42 @@ pub fn build(spec: &ModelSpec, map: &VarMap, device: &Device, seed: u64) -> Resu
     )?;
     seeded_init(map, MODEL_PREFIX, seed)?;
     Ok(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::ResNetSpec;
+
+    /// The exporter reads checkpoints by the names and shapes the spec
+    /// lists; the Candle modules must create exactly those.
+    #[test]
+    fn variables_are_the_ones_the_spec_lists() {
+        for instance_norm in [false, true] {
+            let spec = ModelSpec {
+                arch: "resnet18".into(),
+                encoder: ResNetSpec {
+                    in_channels: 3,
+                    width: 4,
+                    instance_norm,
+                    blocks: [2, 1, 2, 1],
+                },
+                embedding_dim: 6,
+                classes: 5,
+            };
+            let map = VarMap::new();
+            build(&spec, &map, &Device::Cpu, 0).expect("model builds");
+            let mut made: Vec<(String, Vec<usize>)> = map
+                .data()
+                .lock()
+                .expect("no other thread holds the map")
+                .iter()
+                .map(|(n, v)| (n.clone(), v.dims().to_vec()))
+                .collect();
+            made.sort();
+            let mut listed = spec.tensors();
+            listed.sort();
+            assert_eq!(made, listed);
+        }
+    }
 }

@@ -12,6 +12,8 @@
 use candle_core::{Result, Tensor, Var};
 use candle_nn::{GroupNorm, Init, Module, VarBuilder};
 
+pub use bfx_core::arch::NORM_EPS;
+
 /// How BatchNorm layers normalize in one forward pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BnMode {
@@ -102,9 +104,6 @@ pub struct BatchNorm {
     eps: f64,
     momentum: f64,
 }
-
-/// Epsilon of every norm layer (PyTorch's default).
-pub const NORM_EPS: f64 = 1e-5;
 
 impl BatchNorm {
     /// A layer of `channels` with variables under `vb`: `weight`, `bias`,

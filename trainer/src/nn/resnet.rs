@@ -10,46 +10,11 @@
 
 use candle_core::{Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder, conv2d_no_bias};
-use serde::{Deserialize, Serialize};
+
+use bfx_core::arch::BlockShape;
+pub use bfx_core::arch::ResNetSpec;
 
 use super::norm::{Norm, NormPass};
-
-/// Architecture of an encoder; stored in checkpoints and bundles so the
-/// ONNX emitter builds the same network.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ResNetSpec {
-    /// Input channels.
-    pub in_channels: usize,
-    /// Channels of the first stage (64 is standard ResNet18).
-    pub width: usize,
-    /// InstanceNorm instead of BatchNorm.
-    pub instance_norm: bool,
-    /// Basic blocks per stage (ResNet18: 2, 2, 2, 2).
-    pub blocks: [usize; 4],
-}
-
-impl ResNetSpec {
-    /// ResNet18 of `width` over `in_channels`.
-    pub fn resnet18(in_channels: usize, width: usize, instance_norm: bool) -> ResNetSpec {
-        ResNetSpec {
-            in_channels,
-            width,
-            instance_norm,
-            blocks: [2, 2, 2, 2],
-        }
-    }
-
-    /// Channels after stage `i` (0..4).
-    pub fn stage_channels(&self, i: usize) -> usize {
-        self.width << i
-    }
-
-    /// Channels of the pooled feature vector.
-    pub fn feature_dim(&self) -> usize {
-        self.stage_channels(3)
-    }
-}
 
 /// A residual basic block: conv-norm-relu-conv-norm plus a shortcut.
 #[derive(Clone, Debug)]
@@ -72,14 +37,11 @@ fn conv(cin: usize, cout: usize, k: usize, stride: usize, vb: VarBuilder) -> Res
 }
 
 impl BasicBlock {
-    fn new(
-        cin: usize,
-        cout: usize,
-        stride: usize,
-        instance: bool,
-        vb: VarBuilder,
-    ) -> Result<BasicBlock> {
-        let down = if stride != 1 || cin != cout {
+    fn new(shape: &BlockShape, instance: bool, vb: VarBuilder) -> Result<BasicBlock> {
+        let BlockShape {
+            cin, cout, stride, ..
+        } = *shape;
+        let down = if shape.projected {
             Some((
                 conv(cin, cout, 1, stride, vb.pp("down.conv"))?,
                 Norm::new(cout, instance, vb.pp("down.norm"))?,
@@ -120,19 +82,9 @@ impl ResNet {
     /// Build with variables under `vb` (`stem.conv`, `stem.norm`, `stage<i>.<j>.*`).
     pub fn new(spec: &ResNetSpec, vb: VarBuilder) -> Result<ResNet> {
         let inst = spec.instance_norm;
-        let mut stages = Vec::with_capacity(4);
-        let mut cin = spec.width;
-        for (i, &n) in spec.blocks.iter().enumerate() {
-            let cout = spec.stage_channels(i);
-            let blocks = (0..n)
-                .map(|j| {
-                    let stride = if i > 0 && j == 0 { 2 } else { 1 };
-                    let input = if j == 0 { cin } else { cout };
-                    BasicBlock::new(input, cout, stride, inst, vb.pp(format!("stage{i}.{j}")))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            stages.push(blocks);
-            cin = cout;
+        let mut stages: Vec<Vec<BasicBlock>> = vec![Vec::new(); spec.blocks.len()];
+        for b in spec.block_shapes() {
+            stages[b.stage].push(BasicBlock::new(&b, inst, vb.pp(&b.name))?);
         }
         Ok(ResNet {
             spec: spec.clone(),
