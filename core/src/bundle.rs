@@ -68,6 +68,16 @@ impl Graphs {
     }
 }
 
+/// One BatchNorm layer whose statistics AdaBN exchanges.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NormLayer {
+    /// Layer name (the prefix of its graph inputs and outputs).
+    pub name: String,
+    /// Channels: the length of its mean and variance vectors.
+    pub channels: usize,
+}
+
 /// Size and digest of one bundle file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -108,6 +118,8 @@ pub struct BundleManifest {
     pub architecture: serde_json::Value,
     /// Preprocessing, including the channel order.
     pub preprocess: PreprocessSpec,
+    /// Model input per image: channels, height, width.
+    pub input_shape: [usize; 3],
     /// Length of the embedding vector.
     pub embedding_dim: usize,
     /// Class names of the classifier head, empty if none.
@@ -117,6 +129,10 @@ pub struct BundleManifest {
     pub correction_modes: Vec<CorrectionMode>,
     /// Graph files by role.
     pub graphs: Graphs,
+    /// BatchNorm layers in forward order: the statistics `predictor_stats`
+    /// outputs and `predictor_plate` takes, as `<name>.mean` and `<name>.var`.
+    #[serde(default)]
+    pub adabn_layers: Vec<NormLayer>,
     /// Every file of the bundle but the manifest, by name.
     #[serde(default)]
     pub files: BTreeMap<String, FileDigest>,
@@ -284,6 +300,15 @@ impl BundleManifest {
         if self.correction_modes.is_empty() {
             return Err("no correction modes".into());
         }
+        let [c, h, w] = self.input_shape;
+        let channels = self.preprocess.channels.len();
+        let (gh, gw) = self.preprocess.output_size();
+        if c != channels || (h, w) != (gh as usize, gw as usize) {
+            return Err(format!(
+                "input_shape {:?} does not match the preprocessing ({channels} channels, {gh}x{gw})",
+                self.input_shape
+            ));
+        }
         for name in self.graphs.all() {
             if !self.files.contains_key(name) {
                 return Err(format!("graph {name:?} is not listed in `files`"));
@@ -309,6 +334,11 @@ impl BundleManifest {
             CorrectionMode::Adabn,
             g.predictor_stats.is_some() && g.predictor_plate.is_some(),
             "predictor_stats and predictor_plate graphs",
+        )?;
+        needs(
+            CorrectionMode::Adabn,
+            !self.adabn_layers.is_empty(),
+            "the list of adabn_layers",
         )?;
         needs(
             CorrectionMode::Ist,

@@ -14,6 +14,7 @@ fn manifest() -> BundleManifest {
                 width: 64,
             },
         },
+        input_shape: [2, 64, 64],
         embedding_dim: 32,
         class_names: vec!["ctrl".into(), "a".into()],
         correction_modes: vec![CorrectionMode::None, CorrectionMode::Adabn],
@@ -23,6 +24,10 @@ fn manifest() -> BundleManifest {
             predictor_plate: Some("predictor_plate.onnx".into()),
             ..Graphs::default()
         },
+        adabn_layers: vec![NormLayer {
+            name: "stem.norm".into(),
+            channels: 16,
+        }],
         files: BTreeMap::new(),
         provenance: Provenance {
             trainer_version: "0.1.0".into(),
@@ -163,6 +168,28 @@ fn inconsistent_manifests_are_refused() {
     assert!(
         err.to_string()
             .contains("must be a plain name inside the bundle"),
+        "{err}"
+    );
+}
+
+#[test]
+fn input_shape_and_adabn_layers_must_fit_the_rest() {
+    let (dir, _) = sealed();
+    let mut m = manifest();
+    m.input_shape = [2, 64, 32];
+    let err = m.seal(dir.path(), &["README"]).unwrap_err();
+    assert!(
+        err.to_string().ends_with(
+            "input_shape [2, 64, 32] does not match the preprocessing (2 channels, 64x64)"
+        ),
+        "{err}"
+    );
+    let mut m = manifest();
+    m.adabn_layers.clear();
+    let err = m.seal(dir.path(), &["README"]).unwrap_err();
+    assert!(
+        err.to_string()
+            .ends_with("mode Adabn needs the list of adabn_layers"),
         "{err}"
     );
 }

@@ -21,6 +21,7 @@ fn seal_bundle(dir: &Path, channels: &[&str]) {
                 width: 32,
             },
         },
+        input_shape: [channels.len(), 32, 32],
         embedding_dim: 16,
         class_names: vec![],
         correction_modes: vec![CorrectionMode::None],
@@ -28,6 +29,7 @@ fn seal_bundle(dir: &Path, channels: &[&str]) {
             predictor: "predictor.onnx".into(),
             ..Graphs::default()
         },
+        adabn_layers: vec![],
         files: Default::default(),
         provenance: Provenance {
             trainer_version: "test".into(),

@@ -165,6 +165,14 @@ pub enum PreprocessError {
 }
 
 impl PreprocessSpec {
+    /// Height and width of every model input image.
+    pub fn output_size(&self) -> (u32, u32) {
+        match self.geometry {
+            Geometry::Resize { height, width } => (height, width),
+            Geometry::Tile { size, .. } => (size, size),
+        }
+    }
+
     /// Check internal consistency (channel count, percentile lengths, sizes).
     pub fn validate(&self) -> Result<(), PreprocessError> {
         let bad = |m: String| Err(PreprocessError::Spec(m));
