@@ -5,9 +5,10 @@
 //! Ops are chosen so `candle-onnx`'s `simple_eval` could also run the
 //! graphs: InstanceNorm, the AdaBN statistics and the global pool are
 //! plain `ReduceMean`/elementwise ops rather than `InstanceNormalization`
-//! or `GlobalAveragePool`; BatchNorm with known statistics is the
+//! or `GlobalAveragePool`. BatchNorm with the running statistics is the
 //! inference-mode `BatchNormalization`, which onnxruntime folds into the
-//! convolution before it.
+//! convolution before it; with given plate statistics it is plain ops too
+//! (see [`Variant::Plate`]'s emission for why).
 
 use bfx_core::arch::{MODEL_PREFIX, ModelSpec, NORM_EPS};
 
@@ -52,6 +53,7 @@ struct Emitter<'a> {
     instance_norm: bool,
     eps: Option<String>,
     flat: Option<String>,
+    channels: Option<String>,
 }
 
 /// Emit `variant` of the classifier `spec` with `weights`, for images of
@@ -86,6 +88,7 @@ pub fn emit(
         instance_norm: enc.instance_norm,
         eps: None,
         flat: None,
+        channels: None,
     };
     let image = e.g.input(
         IMAGE,
@@ -192,10 +195,19 @@ impl Emitter<'_> {
                 self.batch_norm(x, layer, &mean, &var)
             }
             Variant::Plate => {
+                // Plain ops rather than BatchNormalization, which onnxruntime
+                // evaluates as x * s + (b - mean * s): when a layer's given
+                // variance is 0 (one image, a 1x1 map) that cancellation
+                // error is amplified by 1/sqrt(eps) in every later layer,
+                // while (x - mean) is exact.
                 let dims = [Dim::Fixed(channels)];
                 let mean = self.g.input(&mean_name(layer), &dims);
                 let var = self.g.input(&var_name(layer), &dims);
-                self.batch_norm(x, layer, &mean, &var)
+                let shape = self.channel_shape();
+                let mean = self.g.node("Reshape", &[&mean, &shape], &[]);
+                let var = self.g.node("Reshape", &[&var, &shape], &[]);
+                let centred = self.g.node("Sub", &[x, &mean], &[]);
+                self.standardize(&centred, &var, layer)
             }
             Variant::Stats => {
                 let (y, mean, var) = self.normalize_plain(x, layer, &[0, 2, 3])?;
@@ -240,15 +252,26 @@ impl Emitter<'_> {
         let centred = self.g.node("Sub", &[x, &mean], &[]);
         let square = self.g.node("Mul", &[&centred, &centred], &[]);
         let var = self.g.node("ReduceMean", &[&square], &reduce);
+        let y = self.standardize(&centred, &var, layer)?;
+        Ok((y, mean, var))
+    }
+
+    /// `centred / sqrt(var + eps) * weight + bias`, per channel, as the
+    /// trainer computes it.
+    fn standardize(
+        &mut self,
+        centred: &str,
+        var: &str,
+        layer: &str,
+    ) -> Result<String, ExportError> {
         let eps = self.eps();
-        let var_eps = self.g.node("Add", &[&var, &eps], &[]);
+        let var_eps = self.g.node("Add", &[var, &eps], &[]);
         let std = self.g.node("Sqrt", &[&var_eps], &[]);
-        let normalized = self.g.node("Div", &[&centred, &std], &[]);
+        let normalized = self.g.node("Div", &[centred, &std], &[]);
         let scale = self.init_channels(&format!("{layer}.weight"))?;
         let bias = self.init_channels(&format!("{layer}.bias"))?;
         let scaled = self.g.node("Mul", &[&normalized, &scale], &[]);
-        let y = self.g.node("Add", &[&scaled, &bias], &[]);
-        Ok((y, mean, var))
+        Ok(self.g.node("Add", &[&scaled, &bias], &[]))
     }
 
     /// The shared epsilon constant, created on first use.
@@ -256,6 +279,14 @@ impl Emitter<'_> {
         let g = &mut self.g;
         self.eps
             .get_or_insert_with(|| g.initializer("norm_eps", &[], &[NORM_EPS as f32]))
+            .clone()
+    }
+
+    /// The shared `[1, -1, 1, 1]` shape constant, created on first use.
+    fn channel_shape(&mut self) -> String {
+        let g = &mut self.g;
+        self.channels
+            .get_or_insert_with(|| g.initializer_i64("channel_shape", &[1, -1, 1, 1]))
             .clone()
     }
 

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod calibrate;
 pub mod dataset;
 pub mod eval;
+pub mod export;
 pub mod fit;
 pub mod linear;
 pub mod methods;

@@ -154,6 +154,25 @@ enum Command {
         #[arg(long, default_value = "bfx-trainer bench")]
         made_by: String,
     },
+    /// Export a trained model as a bundle for bfx-daemon: ONNX graphs
+    /// (predictor, and for BatchNorm models the AdaBN statistics and plate
+    /// graphs) plus manifest.json with channels, preprocessing, classes,
+    /// provenance, headline metrics and the sha256 of every file.
+    Export {
+        /// A run folder (its best checkpoint) or a checkpoint's .json/.safetensors.
+        checkpoint: PathBuf,
+        /// Bundle folder to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing bundle folder.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Verify a bundle (format version, every file's sha256) and describe it.
+    Inspect {
+        /// Bundle folder.
+        bundle: PathBuf,
+    },
     /// Calibration report of a screen: a linear probe on per-image intensity
     /// features predicts the plate (are batch effects visible?) and the
     /// label at every split level (do they confound biology?).
@@ -348,6 +367,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             overrides,
             resume,
         } => fit(&config, &overrides, resume),
+        Command::Export {
+            checkpoint,
+            out,
+            replace,
+        } => {
+            let bundle = bfx_trainer::export::export(&checkpoint, &out, replace)
+                .with_context(|| format!("cannot export {}", checkpoint.display()))?;
+            print!("{}", bfx_trainer::export::describe(&bundle));
+            Ok(())
+        }
+        Command::Inspect { bundle } => {
+            let bundle = bfx_core::bundle::Bundle::open(&bundle)
+                .with_context(|| format!("{} is not a usable bundle", bundle.display()))?;
+            print!("{}", bfx_trainer::export::describe(&bundle));
+            Ok(())
+        }
         Command::Bench {
             config,
             out,

@@ -60,9 +60,27 @@ pub struct CheckpointMeta {
     pub held_out: Vec<String>,
     /// Validation history.
     pub history: Vec<HistoryPoint>,
+    /// Version of the bfx-trainer that trained it.
+    #[serde(default)]
+    pub trainer_version: String,
+    /// Git commit of that trainer, when the build recorded one
+    /// (`BFX_GIT_COMMIT` at build time).
+    #[serde(default)]
+    pub git_commit: Option<String>,
+    /// sha256 of the dataset manifest it trained on.
+    #[serde(default)]
+    pub dataset_manifest_sha256: Option<String>,
 }
 
-fn files(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+/// Git commit of this build, if the build recorded one.
+pub fn build_commit() -> Option<String> {
+    option_env!("BFX_GIT_COMMIT")
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+}
+
+/// Paths of checkpoint `name` in `dir`: the tensors and the metadata.
+pub fn paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (
         dir.join(format!("{name}.safetensors")),
         dir.join(format!("{name}.json")),
@@ -78,7 +96,7 @@ pub fn save(
     meta: &CheckpointMeta,
 ) -> Result<(), FitError> {
     std::fs::create_dir_all(dir).map_err(|e| FitError::Io(dir.to_owned(), e))?;
-    let (weights, json) = files(dir, name);
+    let (weights, json) = paths(dir, name);
     let mut tensors: HashMap<String, Tensor> = map
         .data()
         .lock()
@@ -103,7 +121,16 @@ pub fn load(
     name: &str,
     device: &Device,
 ) -> Result<(CheckpointMeta, HashMap<String, Tensor>), FitError> {
-    let (weights, json) = files(dir, name);
+    let meta = read_meta(dir, name)?;
+    let weights = paths(dir, name).0;
+    let tensors = candle_core::safetensors::load(&weights, device)
+        .map_err(|e| FitError::Checkpoint(format!("{}: {e}", weights.display())))?;
+    Ok((meta, tensors))
+}
+
+/// Read the metadata of checkpoint `name` in `dir`.
+pub fn read_meta(dir: &Path, name: &str) -> Result<CheckpointMeta, FitError> {
+    let json = paths(dir, name).1;
     let text = std::fs::read_to_string(&json).map_err(|e| FitError::Io(json.clone(), e))?;
     let meta: CheckpointMeta = serde_json::from_str(&text).map_err(|e| {
         FitError::Checkpoint(format!("{}: not a bfx checkpoint: {e}", json.display()))
@@ -115,9 +142,7 @@ pub fn load(
             meta.format_version
         )));
     }
-    let tensors = candle_core::safetensors::load(&weights, device)
-        .map_err(|e| FitError::Checkpoint(format!("{}: {e}", weights.display())))?;
-    Ok((meta, tensors))
+    Ok(meta)
 }
 
 /// Set every variable of `map` from `tensors`; names or shapes that do not

@@ -176,6 +176,11 @@ pub fn fit(
         step: 0,
         held_out: run.split.held_out.clone(),
         history: Vec::new(),
+        trainer_version: env!("CARGO_PKG_VERSION").to_string(),
+        git_commit: checkpoint::build_commit(),
+        dataset_manifest_sha256: bfx_core::bundle::file_digest(&config.data.manifest)
+            .ok()
+            .map(|d| d.sha256),
     };
     if resume && config.out.join(format!("{LAST}.json")).is_file() {
         let (saved, tensors) = checkpoint::load(&config.out, LAST, device)?;
