@@ -16,7 +16,8 @@ preset=${BFX_DEMO_PRESET:-grid-like}
 echo "==> ONNX Runtime"
 scripts/fetch-onnxruntime.sh
 echo "==> Build (release)"
-cargo build --release --locked --bins
+# The commit is recorded in exported bundles (provenance).
+BFX_GIT_COMMIT="$(git rev-parse HEAD 2>/dev/null || true)" cargo build --release --locked --bins
 bin=target/release
 
 echo "==> Synthetic screen ($preset)"
@@ -60,6 +61,9 @@ rm -rf "$demo/run"
 "$bin/bfx-trainer" fit --config "$demo/trainer.toml"
 "$bin/bfx-trainer" eval --run "$demo/run"
 
+echo "==> Export the model as a bundle for the daemon"
+"$bin/bfx-trainer" export "$demo/run" --out "$demo/bundle" --replace
+
 echo "==> Daemon configuration"
 cat > "$demo/daemon.toml" <<TOML
 # Written by scripts/demo.sh.
@@ -72,6 +76,5 @@ preset = "imagexpress"
 [daemon.watch]
 roots = ["screen"]
 TOML
-# The bundle check is skipped until bfx-trainer can export one.
-"$bin/bfx-daemon" check-config "$demo/daemon.toml" --skip-bundle
-echo "Demo finished: binaries in $bin/; synthetic screen, contact sheet and the trained run (report in run/report/) in $demo/."
+"$bin/bfx-daemon" check-config "$demo/daemon.toml"
+echo "Demo finished: binaries in $bin/; synthetic screen, contact sheet, the trained run (report in run/report/) and its bundle in $demo/."

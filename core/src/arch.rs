@@ -150,7 +150,10 @@ impl ResNetSpec {
     /// Spatial size of the last stage's feature map for an input of `h` x `w`.
     pub fn output_size(&self, h: usize, w: usize) -> (usize, usize) {
         // Stem convolution: k 7, s 2, p 3.
-        let conv = |x: usize, k: usize, s: usize| (x + 2 * (k / 2) - k) / s + 1;
+        let conv = |x: usize, k: usize, s: usize| match (x + 2 * (k / 2)).checked_sub(k) {
+            Some(room) if x > 0 => room / s + 1,
+            _ => 0,
+        };
         let (mut h, mut w) = (conv(h, 7, 2) / 2, conv(w, 7, 2) / 2);
         for b in self.block_shapes() {
             h = conv(h, 3, b.stride);
@@ -234,6 +237,8 @@ mod tests {
         assert_eq!(spec.output_size(64, 64), (2, 2));
         assert_eq!(spec.output_size(32, 33), (1, 1));
         assert_eq!(spec.output_size(224, 224), (7, 7));
+        // The stem's pool leaves nothing of a 2-pixel side.
+        assert_eq!(spec.output_size(2, 64), (0, 2));
     }
 
     #[test]

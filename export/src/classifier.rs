@@ -72,7 +72,8 @@ pub fn emit(
             "an InstanceNorm model has no BatchNorm statistics to adapt".into(),
         ));
     }
-    if enc.output_size(height, width) == (0, 0) {
+    let (oh, ow) = enc.output_size(height, width);
+    if oh == 0 || ow == 0 {
         return Err(ExportError::Spec(format!(
             "a {height}x{width} input is too small for this encoder"
         )));

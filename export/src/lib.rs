@@ -52,3 +52,6 @@ pub enum ExportError {
     #[error(transparent)]
     Bundle(#[from] BundleError),
 }
+
+#[cfg(test)]
+mod tests;
