@@ -185,3 +185,25 @@ pub fn describe(bundle: &Bundle) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_arguments_resolve_or_are_refused() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (dir, name) = resolve_checkpoint(tmp.path()).expect("a folder");
+        assert_eq!((dir.as_path(), name.as_str()), (tmp.path(), BEST));
+        let (dir, name) = resolve_checkpoint(&tmp.path().join("last.safetensors")).expect("a file");
+        assert_eq!((dir.as_path(), name.as_str()), (tmp.path(), "last"));
+        let err = resolve_checkpoint(Path::new("run/model.pt")).expect_err("not a checkpoint");
+        assert_eq!(
+            err.to_string(),
+            "run/model.pt: not a run folder or a checkpoint (.json or .safetensors)"
+        );
+        // A run folder without checkpoints names the file it looked for.
+        let err = export(tmp.path(), &tmp.path().join("b"), false).expect_err("no checkpoint");
+        assert!(err.to_string().contains("best.json"), "{err}");
+    }
+}
