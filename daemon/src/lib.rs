@@ -7,3 +7,4 @@
 pub mod check;
 pub mod model_input;
 pub mod runtime;
+pub mod store;

@@ -1,0 +1,180 @@
+//! Bringing a store back after a crash: temporary files removed, each
+//! plate group read back at a consistent row count.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::Value;
+use zarrs::array::Array;
+
+use super::layout::{self, ColumnKind, OBS_COLUMNS};
+use super::{PlateTable, Storage, StoreError, StoredRow, UNS_KEYS, io};
+
+/// Remove every `*.tmp` file below `root`: writes a kill interrupted.
+/// zarrs' atomic writer refuses to write where one is left.
+pub fn remove_temporary_files(root: &Path) -> Result<(), StoreError> {
+    for entry in std::fs::read_dir(root).map_err(io(root))? {
+        let path = entry.map_err(io(root))?.path();
+        if path.is_dir() {
+            remove_temporary_files(&path)?;
+        } else if path.extension().is_some_and(|e| e == "tmp") {
+            std::fs::remove_file(&path).map_err(io(&path))?;
+        }
+    }
+    Ok(())
+}
+
+fn read_json(path: &Path) -> Result<Option<Value>, StoreError> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::Incompatible {
+                    path: path.to_owned(),
+                    problem: format!("not valid JSON: {e}"),
+                })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::Io {
+            path: path.to_owned(),
+            source: e,
+        }),
+    }
+}
+
+fn rows_of(meta: &Value) -> Option<u64> {
+    meta["shape"].get(0).and_then(Value::as_u64)
+}
+
+/// Every committed plate group under `root`.
+pub fn load_plates(
+    root: &Path,
+    storage: &Arc<Storage>,
+    dim: usize,
+) -> Result<Vec<PlateTable>, StoreError> {
+    let mut out = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(root)
+        .map_err(io(root))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    entries.sort();
+    for dir in entries {
+        let Some(group) = read_json(&dir.join("zarr.json"))? else {
+            // A plate killed before its first commit: nothing was visible.
+            continue;
+        };
+        let Some(consolidated) = group["consolidated_metadata"]["metadata"].as_object() else {
+            continue;
+        };
+        let name = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| StoreError::Incompatible {
+                path: dir.clone(),
+                problem: "group name is not UTF-8".into(),
+            })?
+            .to_string();
+        let x = &consolidated["X"];
+        let stored_dim = x["shape"].get(1).and_then(Value::as_u64);
+        if stored_dim != Some(dim as u64) {
+            return Err(StoreError::Incompatible {
+                path: dir.clone(),
+                problem: format!(
+                    "holds embeddings of {stored_dim:?} values, the bundle makes {dim}; use another store"
+                ),
+            });
+        }
+        let committed = rows_of(x).unwrap_or(0);
+        let rows = roll(&dir, committed)?;
+        out.push(read_plate(storage, &name, rows, dim)?);
+    }
+    Ok(out)
+}
+
+/// The row count to recover to: forward to what every array's own
+/// metadata says when they all agree (their data was written before any
+/// of them), else back to the last commit.
+fn roll(dir: &Path, committed: u64) -> Result<u64, StoreError> {
+    let mut arrays = vec![dir.join("X"), dir.join("obs/_index")];
+    arrays.extend(OBS_COLUMNS.iter().map(|(c, _)| dir.join("obs").join(c)));
+    let mut seen = Vec::new();
+    for a in arrays {
+        seen.push(read_json(&a.join("zarr.json"))?.as_ref().and_then(rows_of));
+    }
+    match seen.first() {
+        Some(Some(n)) if *n > committed && seen.iter().all(|s| *s == Some(*n)) => Ok(*n),
+        _ => Ok(committed),
+    }
+}
+
+fn read_plate(
+    storage: &Arc<Storage>,
+    group: &str,
+    n: u64,
+    dim: usize,
+) -> Result<PlateTable, StoreError> {
+    let open = |path: &str| {
+        Array::open(storage.clone(), path).map_err(|e| StoreError::Zarr {
+            path: path.to_string(),
+            message: e.to_string(),
+        })
+    };
+    let failed = |path: &str, e: zarrs::array::ArrayError| StoreError::Zarr {
+        path: path.to_string(),
+        message: e.to_string(),
+    };
+    let mut rows: Vec<StoredRow> = (0..n).map(|_| StoredRow::blank(dim)).collect();
+    if n > 0 {
+        let path = format!("/{group}/X");
+        let x: Vec<f32> = open(&path)?
+            .retrieve_array_subset(&[0..n, 0..dim as u64])
+            .map_err(|e| failed(&path, e))?;
+        for (row, values) in rows.iter_mut().zip(x.chunks_exact(dim.max(1))) {
+            row.embedding.copy_from_slice(values);
+        }
+        let columns = std::iter::once(("_index", ColumnKind::Text)).chain(OBS_COLUMNS);
+        for (name, kind) in columns {
+            let path = format!("/{group}/obs/{name}");
+            let array = open(&path)?;
+            match kind {
+                ColumnKind::Text => {
+                    let v: Vec<String> = array
+                        .retrieve_array_subset(&layout::rows(0..n))
+                        .map_err(|e| failed(&path, e))?;
+                    for (row, value) in rows.iter_mut().zip(v) {
+                        row.set_text(name, value);
+                    }
+                }
+                ColumnKind::Int => {
+                    let v: Vec<i32> = array
+                        .retrieve_array_subset(&layout::rows(0..n))
+                        .map_err(|e| failed(&path, e))?;
+                    for (row, value) in rows.iter_mut().zip(v) {
+                        row.set_int(name, value);
+                    }
+                }
+            }
+        }
+    }
+    let mut uns = HashMap::new();
+    for key in UNS_KEYS {
+        let path = format!("/{group}/uns/{key}");
+        let v: Vec<String> = open(&path)?
+            .retrieve_array_subset(&Vec::<std::ops::Range<u64>>::new())
+            .map_err(|e| failed(&path, e))?;
+        uns.insert(key.to_string(), v.into_iter().next().unwrap_or_default());
+    }
+    let mut table = PlateTable::new(group.to_string(), uns);
+    table.index = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.index.clone(), i))
+        .collect();
+    table.committed = rows.len();
+    table.rows = rows;
+    table.meta_dirty = false;
+    Ok(table)
+}

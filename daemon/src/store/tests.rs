@@ -1,0 +1,205 @@
+//! Commits, reopening, and recovery from every state a kill can leave.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use bfx_core::bundle::CorrectionMode;
+use bfx_core::naming::{PlateFormat, SiteKey, Well};
+
+use super::*;
+
+const DIM: usize = 3;
+
+fn info() -> PlateInfo {
+    PlateInfo {
+        bundle_sha256: "ab".repeat(32),
+        method: "erm".into(),
+        correction: CorrectionMode::Adabn,
+    }
+}
+
+fn row(plate: &str, i: u32) -> Row {
+    Row {
+        key: SiteKey {
+            plate: plate.into(),
+            well: Well::new(1 + i / 24, 1 + i % 24, PlateFormat::default()).expect("valid well"),
+            site: 1 + i % 3,
+            timepoint: i.is_multiple_of(2).then_some(i),
+            z: None,
+        },
+        paths: vec![
+            PathBuf::from(format!("/in/{plate}/{i}_w1.tif")),
+            PathBuf::from(format!("/in/{plate}/{i}_w2.tif")),
+        ],
+        acquired: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + u64::from(i)),
+        correction: CorrectionMode::Adabn,
+        status: RowStatus::Provisional,
+        embedding: vec![i as f32, -(i as f32), 0.5],
+    }
+}
+
+fn stage(store: &mut Store, plate: &str, range: std::ops::Range<u32>) {
+    for i in range {
+        store.stage(&row(plate, i), &info()).expect("new site");
+    }
+}
+
+fn rows(store: &Store, plate: &str) -> Vec<StoredRow> {
+    store
+        .plate(plate)
+        .map(|t| t.rows.clone())
+        .unwrap_or_default()
+}
+
+#[test]
+fn committed_rows_come_back_after_reopening() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = Store::open(tmp.path(), DIM, 4).unwrap();
+    stage(&mut store, "P1", 0..6);
+    stage(&mut store, "P 2/x", 0..2);
+    assert_eq!(store.pending(), 8);
+    assert_eq!(store.commit().unwrap(), 8);
+    stage(&mut store, "P1", 6..9);
+    let k = row("P1", 1).key;
+    store
+        .update(&k, &[9.0, 9.0, 9.0], RowStatus::Final)
+        .unwrap();
+    // Rewrites from the chunk holding row 1 (rows 0..4) to the end.
+    assert_eq!(store.commit().unwrap(), 9);
+    store.set_complete("P1");
+    store.commit().unwrap();
+    let before = rows(&store, "P1");
+    drop(store);
+
+    let store = Store::open(tmp.path(), DIM, 4).unwrap();
+    assert_eq!(rows(&store, "P1"), before);
+    assert_eq!(before.len(), 9);
+    assert_eq!(before[1].embedding, vec![9.0, 9.0, 9.0]);
+    assert_eq!(before[1].status, RowStatus::Final);
+    assert_eq!(before[0].index, "P1/A01/1/t0");
+    assert_eq!(before[0].acquired, "2027-01-15T08:00:00.000Z");
+    assert!(store.plate("P1").unwrap().complete());
+    assert!(!store.plate("P 2/x").unwrap().complete());
+    assert!(store.contains(&row("P 2/x", 1).key));
+    assert!(!store.contains(&row("P 2/x", 2).key));
+    let groups: Vec<&String> = store.plates().keys().collect();
+    assert_eq!(groups[0], "P1");
+    assert!(groups[1].starts_with("plate_P_2_x-"), "{}", groups[1]);
+}
+
+#[test]
+fn a_site_is_stored_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = Store::open(tmp.path(), DIM, 4).unwrap();
+    stage(&mut store, "P1", 0..2);
+    store.commit().unwrap();
+    let err = store.stage(&row("P1", 1), &info()).unwrap_err();
+    assert_eq!(err.to_string(), "site P1/A02/2 is already in the store");
+    let mut wrong = row("P1", 5);
+    wrong.embedding.push(1.0);
+    assert!(store.stage(&wrong, &info()).is_err());
+}
+
+fn copy(from: &Path, to: &Path) {
+    std::fs::copy(from, to).unwrap();
+}
+
+/// Commit 5 rows, then 4 more, keeping the first commit's metadata files.
+fn two_commits(dir: &Path, saved: &Path) {
+    let mut store = Store::open(dir, DIM, 4).unwrap();
+    stage(&mut store, "P1", 0..5);
+    store.commit().unwrap();
+    copy(&dir.join("P1/zarr.json"), &saved.join("group.json"));
+    copy(&dir.join("P1/X/zarr.json"), &saved.join("x.json"));
+    stage(&mut store, "P1", 5..9);
+    store.commit().unwrap();
+}
+
+#[test]
+fn a_kill_before_the_commit_point_rolls_forward_when_every_array_was_written() {
+    let (tmp, saved) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    two_commits(tmp.path(), saved.path());
+    // Killed after all arrays' metadata, before the group's: roll forward.
+    copy(
+        &saved.path().join("group.json"),
+        &tmp.path().join("P1/zarr.json"),
+    );
+    // ... with an interrupted atomic write left behind.
+    std::fs::write(tmp.path().join("P1/X/c/1/0.tmp"), b"partial").unwrap();
+    let mut store = Store::open(tmp.path(), DIM, 4).unwrap();
+    assert_eq!(rows(&store, "P1").len(), 9);
+    assert!(!tmp.path().join("P1/X/c/1/0.tmp").exists());
+    let group: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("P1/zarr.json")).unwrap()).unwrap();
+    assert_eq!(
+        group["consolidated_metadata"]["metadata"]["X"]["shape"][0],
+        9
+    );
+    // Writing goes on where it stopped.
+    stage(&mut store, "P1", 9..10);
+    store.commit().unwrap();
+}
+
+#[test]
+fn a_kill_between_array_metadata_rolls_back_to_the_last_commit() {
+    let (tmp, saved) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    two_commits(tmp.path(), saved.path());
+    copy(
+        &saved.path().join("group.json"),
+        &tmp.path().join("P1/zarr.json"),
+    );
+    copy(
+        &saved.path().join("x.json"),
+        &tmp.path().join("P1/X/zarr.json"),
+    );
+    let mut store = Store::open(tmp.path(), DIM, 4).unwrap();
+    let back = rows(&store, "P1");
+    assert_eq!(back.len(), 5);
+    assert_eq!(back[4].embedding, vec![4.0, -4.0, 0.5]);
+    // The rolled-back sites are new again and get stored once.
+    assert!(!store.contains(&row("P1", 5).key));
+    stage(&mut store, "P1", 5..9);
+    store.commit().unwrap();
+    drop(store);
+    assert_eq!(
+        rows(&Store::open(tmp.path(), DIM, 4).unwrap(), "P1").len(),
+        9
+    );
+}
+
+#[test]
+fn a_plate_killed_before_its_first_commit_is_absent() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("P9/X")).unwrap();
+    let store = Store::open(tmp.path(), DIM, 4).unwrap();
+    assert!(store.plates().is_empty());
+}
+
+#[test]
+fn another_embedding_size_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = Store::open(tmp.path(), DIM, 4).unwrap();
+    stage(&mut store, "P1", 0..1);
+    store.commit().unwrap();
+    drop(store);
+    let err = Store::open(tmp.path(), DIM + 1, 4).err().expect("refused");
+    assert!(
+        err.to_string()
+            .contains("holds embeddings of Some(3) values, the bundle makes 4"),
+        "{err}"
+    );
+}
+
+#[test]
+fn plate_names_become_safe_unique_group_names() {
+    assert_eq!(group_name("Plate_01-a.b"), "Plate_01-a.b");
+    for bad in ["..", "a/b", "a\\b", ".hidden", "", "Ü"] {
+        let g = group_name(bad);
+        assert!(
+            g.starts_with("plate_") && !g.contains('/') && !g.contains(".."),
+            "{bad}: {g}"
+        );
+    }
+    assert_ne!(group_name("a/b"), group_name("a_b"));
+    assert_ne!(group_name("a/b"), group_name("a\\b"));
+}
