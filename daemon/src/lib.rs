@@ -5,6 +5,10 @@
 //! wires them together.
 
 pub mod check;
+pub mod engine;
+pub mod journal;
 pub mod model_input;
+pub mod pipeline;
+pub mod replay;
 pub mod runtime;
 pub mod store;

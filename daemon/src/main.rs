@@ -24,6 +24,24 @@ enum Command {
         #[arg(long)]
         skip_bundle: bool,
     },
+    /// Run the service: watch the acquisition folders and write embeddings
+    /// to the store until SIGINT or SIGTERM, then drain and commit.
+    Run {
+        /// Configuration file with a [daemon] table.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Copy an acquisition into a watched folder file by file, writing
+    /// each progressively like an instrument.
+    Replay {
+        /// Folder to copy from.
+        src: PathBuf,
+        /// Watched folder to copy into.
+        dest: PathBuf,
+        /// Files per second (0: as fast as possible).
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -44,6 +62,47 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Run { config } => {
+            let config = bfx_config::load_daemon(&config).context("invalid configuration")?;
+            let timeout = config.shutdown_timeout;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(async move {
+                let (stop, shutdown) = tokio::sync::watch::channel(false);
+                let mut daemon = tokio::spawn(bfx_daemon::pipeline::run(config, shutdown));
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .context("cannot listen for SIGTERM")?;
+                let finished = tokio::select! {
+                    result = &mut daemon => Some(result),
+                    _ = tokio::signal::ctrl_c() => None,
+                    _ = term.recv() => None,
+                };
+                let result = match finished {
+                    Some(result) => result,
+                    None => {
+                        tracing::info!("stopping: draining the pipeline");
+                        let _ = stop.send(true);
+                        tokio::time::timeout(timeout, daemon)
+                            .await
+                            .context("shutdown took longer than daemon.shutdown_timeout; uncommitted sites are embedded again at the next start")?
+                    }
+                };
+                let summary = result.context("the daemon failed")??;
+                let total: usize = summary.rows.values().sum();
+                eprintln!("stopped: {total} sites in the store over {} plates; refusals recorded in {}", summary.rows.len(), summary.journal.display());
+                Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
+            })
+        }
+        Command::Replay { src, dest, rate } => {
+            let n =
+                bfx_daemon::replay::replay(&src, &dest, rate, |_, _| {}).with_context(|| {
+                    format!("cannot replay {} into {}", src.display(), dest.display())
+                })?;
+            eprintln!("replayed {n} files into {}", dest.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::CheckConfig { file, skip_bundle } => {
             let config = bfx_config::load_daemon(&file).context("invalid configuration")?;
             println!("ok   config        {}", file.display());

@@ -217,6 +217,7 @@ impl Store {
         let plate = row.key.plate.clone();
         let table = self.plates.entry(group_name(&plate)).or_insert_with(|| {
             let uns = HashMap::from([
+                ("adabn_stats".to_string(), String::new()),
                 (
                     "bfx_version".to_string(),
                     env!("CARGO_PKG_VERSION").to_string(),
@@ -273,6 +274,19 @@ impl Store {
             t.uns.insert("plate_status".into(), "complete".into());
             t.meta_dirty = true;
         }
+    }
+
+    /// Set `uns[key]` of `plate` (written with the next commit).
+    pub fn set_uns(&mut self, plate: &str, key: &str, value: &str) {
+        if let Some(t) = self.plates.get_mut(&group_name(plate)) {
+            t.uns.insert(key.to_string(), value.to_string());
+            t.meta_dirty = true;
+        }
+    }
+
+    /// Remove temporary files a failed commit left, so the next can write.
+    pub fn clean_temporary(&self) -> Result<(), StoreError> {
+        recover::remove_temporary_files(&self.root)
     }
 
     /// Commit every changed plate; returns the rows written.

@@ -186,7 +186,8 @@ impl StoredRow {
 }
 
 /// The `uns` entries of a plate, by key.
-pub const UNS_KEYS: [&str; 6] = [
+pub const UNS_KEYS: [&str; 7] = [
+    "adabn_stats",
     "bfx_version",
     "bundle_sha256",
     "correction_mode",

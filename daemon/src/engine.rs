@@ -1,0 +1,256 @@
+//! The bundle's graphs in ONNX Runtime: embeddings of preprocessed sites
+//! with the training statistics, and AdaBN's two steps (a plate's
+//! statistics from a sample, then any number of sites with them).
+//!
+//! A site is one image, or several tiles; its embedding is the mean of
+//! its tiles' embeddings.
+
+use std::path::Path;
+
+use bfx_config::daemon::{ExecutionProvider, InferenceConfig};
+use bfx_core::bundle::Bundle;
+use ndarray::{Array2, Array4, Axis, concatenate};
+use ort::session::Session;
+use ort::value::{DynValue, Tensor};
+use thiserror::Error;
+
+use crate::runtime::OnnxRuntime;
+
+/// Why inference failed.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    /// A graph could not be loaded.
+    #[error("{path}: cannot load the graph: {message}")]
+    Load {
+        /// The graph file.
+        path: String,
+        /// ONNX Runtime's message.
+        message: String,
+    },
+    /// A run failed.
+    #[error("inference failed: {0}")]
+    Run(String),
+    /// The bundle lacks what the configured mode needs.
+    #[error("the bundle has no {0} graph")]
+    Missing(&'static str),
+}
+
+fn run_error(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Run(e.to_string())
+}
+
+/// A plate's BatchNorm statistics, per layer in the bundle's order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlateStats {
+    /// `(mean, var)` per layer.
+    pub layers: Vec<(Vec<f32>, Vec<f32>)>,
+}
+
+impl PlateStats {
+    /// All means then all variances, layer by layer, as one vector (how the store keeps them).
+    pub fn flatten(&self) -> Vec<f32> {
+        let mut out = Vec::new();
+        for (m, v) in &self.layers {
+            out.extend_from_slice(m);
+            out.extend_from_slice(v);
+        }
+        out
+    }
+
+    /// The inverse of [`PlateStats::flatten`] for layers of `channels`.
+    pub fn unflatten(data: &[f32], channels: &[usize]) -> Option<PlateStats> {
+        if data.len() != channels.iter().map(|c| 2 * c).sum::<usize>() {
+            return None;
+        }
+        let mut layers = Vec::new();
+        let mut at = 0;
+        for &c in channels {
+            layers.push((data[at..at + c].to_vec(), data[at + c..at + 2 * c].to_vec()));
+            at += 2 * c;
+        }
+        Some(PlateStats { layers })
+    }
+}
+
+/// Sessions of one bundle.
+pub struct Engine {
+    bundle: Bundle,
+    predictor: Session,
+    stats: Option<Session>,
+    plate: Option<Session>,
+    /// The execution provider the sessions run on.
+    pub provider: ExecutionProvider,
+}
+
+fn session(
+    rt: &OnnxRuntime,
+    path: &Path,
+    config: &InferenceConfig,
+    provider: &mut ExecutionProvider,
+) -> Result<Session, EngineError> {
+    let load = |message: String| EngineError::Load {
+        path: path.display().to_string(),
+        message,
+    };
+    if *provider == ExecutionProvider::Cuda {
+        let cuda = ort::ep::CUDA::default().build().error_on_failure();
+        let attempt = Session::builder(&rt.environment)
+            .map_err(|e| e.to_string())
+            .and_then(|b| {
+                b.with_execution_providers([cuda])
+                    .map_err(|e| e.to_string())
+            })
+            .and_then(|b| {
+                b.with_intra_threads(config.intra_op_threads)
+                    .map_err(|e| e.to_string())
+            })
+            .and_then(|b| {
+                b.with_intra_op_spinning(config.spinning)
+                    .map_err(|e| e.to_string())
+            })
+            .and_then(|mut b| b.commit_from_file(path).map_err(|e| e.to_string()));
+        match attempt {
+            Ok(s) => return Ok(s),
+            Err(why) => {
+                tracing::error!(graph = %path.display(), %why, "the CUDA execution provider cannot be registered; running on CPU");
+                *provider = ExecutionProvider::Cpu;
+            }
+        }
+    }
+    rt.session(path, config.intra_op_threads, config.spinning)
+        .map_err(|e| load(e.to_string()))
+}
+
+impl Engine {
+    /// Load the bundle's graphs on the configured execution provider
+    /// (CUDA falls back to CPU, logged as an error).
+    pub fn load(
+        rt: &OnnxRuntime,
+        bundle: Bundle,
+        config: &InferenceConfig,
+    ) -> Result<Engine, EngineError> {
+        let mut provider = config.execution_provider;
+        let g = bundle.manifest.graphs.clone();
+        let path = |f: &str| bundle.dir.join(f);
+        let predictor = session(rt, &path(&g.predictor), config, &mut provider)?;
+        let optional = |f: &Option<String>,
+                        provider: &mut ExecutionProvider|
+         -> Result<Option<Session>, EngineError> {
+            f.as_ref()
+                .map(|f| session(rt, &path(f), config, provider))
+                .transpose()
+        };
+        let stats = optional(&g.predictor_stats, &mut provider)?;
+        let plate = optional(&g.predictor_plate, &mut provider)?;
+        Ok(Engine {
+            bundle,
+            predictor,
+            stats,
+            plate,
+            provider,
+        })
+    }
+
+    /// The bundle.
+    pub fn bundle(&self) -> &Bundle {
+        &self.bundle
+    }
+
+    /// Embeddings of `sites` (each `[tiles, c, h, w]`) with the training statistics.
+    pub fn embed(&mut self, sites: &[Array4<f32>]) -> Result<Array2<f32>, EngineError> {
+        let (batch, tiles) = stack(sites)?;
+        let outputs = self
+            .predictor
+            .run(vec![("image".to_string(), image_value(batch)?)])
+            .map_err(run_error)?;
+        site_means(&embedding(&outputs)?, &tiles)
+    }
+
+    /// The BatchNorm statistics of `sites` taken together (AdaBN).
+    pub fn plate_stats(&mut self, sites: &[Array4<f32>]) -> Result<PlateStats, EngineError> {
+        let layers = self.bundle.manifest.adabn_layers.clone();
+        let session = self
+            .stats
+            .as_mut()
+            .ok_or(EngineError::Missing("predictor_stats"))?;
+        let (batch, _) = stack(sites)?;
+        let outputs = session
+            .run(vec![("image".to_string(), image_value(batch)?)])
+            .map_err(run_error)?;
+        let get = |name: String| -> Result<Vec<f32>, EngineError> {
+            let (_, data) = outputs[name.as_str()]
+                .try_extract_tensor::<f32>()
+                .map_err(run_error)?;
+            Ok(data.to_vec())
+        };
+        let layers = layers
+            .iter()
+            .map(|l| {
+                Ok((
+                    get(format!("{}.mean", l.name))?,
+                    get(format!("{}.var", l.name))?,
+                ))
+            })
+            .collect::<Result<Vec<_>, EngineError>>()?;
+        Ok(PlateStats { layers })
+    }
+
+    /// Embeddings of `sites` normalized with a plate's statistics.
+    pub fn embed_with(
+        &mut self,
+        sites: &[Array4<f32>],
+        stats: &PlateStats,
+    ) -> Result<Array2<f32>, EngineError> {
+        let layers = self.bundle.manifest.adabn_layers.clone();
+        let session = self
+            .plate
+            .as_mut()
+            .ok_or(EngineError::Missing("predictor_plate"))?;
+        let (batch, tiles) = stack(sites)?;
+        let mut inputs: Vec<(String, DynValue)> = vec![("image".to_string(), image_value(batch)?)];
+        for (l, (m, v)) in layers.iter().zip(&stats.layers) {
+            for (suffix, values) in [("mean", m), ("var", v)] {
+                let t =
+                    Tensor::from_array((vec![values.len()], values.clone())).map_err(run_error)?;
+                inputs.push((format!("{}.{suffix}", l.name), t.into_dyn()));
+            }
+        }
+        let outputs = session.run(inputs).map_err(run_error)?;
+        site_means(&embedding(&outputs)?, &tiles)
+    }
+}
+
+fn image_value(batch: Array4<f32>) -> Result<DynValue, EngineError> {
+    Ok(Tensor::from_array(batch).map_err(run_error)?.into_dyn())
+}
+
+/// One batch of every site's images, and how many images each site has.
+fn stack(sites: &[Array4<f32>]) -> Result<(Array4<f32>, Vec<usize>), EngineError> {
+    let views: Vec<_> = sites.iter().map(|s| s.view()).collect();
+    let batch = concatenate(Axis(0), &views).map_err(run_error)?;
+    Ok((batch, sites.iter().map(|s| s.dim().0).collect()))
+}
+
+fn embedding(outputs: &ort::session::SessionOutputs<'_>) -> Result<Array2<f32>, EngineError> {
+    let (shape, data) = outputs["embedding"]
+        .try_extract_tensor::<f32>()
+        .map_err(run_error)?;
+    let (n, d) = (shape[0] as usize, shape[1] as usize);
+    Array2::from_shape_vec((n, d), data.to_vec()).map_err(run_error)
+}
+
+/// Mean of each site's tile embeddings.
+fn site_means(images: &Array2<f32>, tiles: &[usize]) -> Result<Array2<f32>, EngineError> {
+    let d = images.ncols();
+    let mut out = Array2::zeros((tiles.len(), d));
+    let mut at = 0;
+    for (i, &t) in tiles.iter().enumerate() {
+        let mean = images
+            .slice(ndarray::s![at..at + t, ..])
+            .mean_axis(Axis(0))
+            .ok_or_else(|| EngineError::Run("a site without images".into()))?;
+        out.row_mut(i).assign(&mean);
+        at += t;
+    }
+    Ok(out)
+}

@@ -1,0 +1,186 @@
+//! Stage 3, assemble sites, and the plate lifecycle: a site is complete
+//! when every channel of the bundle has a file (the first file of a
+//! channel is kept, later ones recorded as duplicates); a site missing
+//! channels after the site timeout is recorded as incomplete. A plate
+//! opens with its first file and closes on a completion marker in its
+//! folder, on reaching the expected site count, or after a quiet period.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bfx_core::naming::SiteKey;
+use tokio::sync::mpsc;
+
+use super::{CompleteSite, FileEvent, ReadyFile, SiteMsg};
+use crate::journal::{Event, Journal};
+
+/// What the stage needs to know.
+pub struct AssembleConfig {
+    /// The bundle's channels, in model order.
+    pub channels: Vec<String>,
+    /// One multi-page file per site instead of one file per channel.
+    pub multi_page: bool,
+    /// Incomplete sites are given up after this long.
+    pub site_timeout: Duration,
+    /// Sites per plate, when known.
+    pub expected_sites: Option<u64>,
+    /// A plate with no new file this long closes.
+    pub quiet_period: Duration,
+    /// Sites of each plate already in the store (they count toward `expected_sites`).
+    pub committed: HashMap<String, u64>,
+}
+
+struct Partial {
+    files: BTreeMap<String, ReadyFile>,
+    first: Instant,
+}
+
+struct Plate {
+    dirs: HashSet<PathBuf>,
+    sites: u64,
+    last_file: Instant,
+    closed: bool,
+}
+
+/// Run until `rx` closes.
+pub async fn run(
+    config: AssembleConfig,
+    journal: Arc<Journal>,
+    mut rx: mpsc::Receiver<FileEvent>,
+    tx: mpsc::Sender<SiteMsg>,
+) {
+    let mut partial: HashMap<SiteKey, Partial> = HashMap::new();
+    let mut plates: HashMap<String, Plate> = HashMap::new();
+    let tick = (config.site_timeout.min(config.quiet_period) / 4)
+        .clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let mut interval = tokio::time::interval(tick);
+    loop {
+        let mut out: Vec<SiteMsg> = Vec::new();
+        tokio::select! {
+            event = rx.recv() => match event {
+                Some(FileEvent::Image(file)) => accept(&config, &journal, &mut partial, &mut plates, file, &mut out),
+                Some(FileEvent::Marker(path)) => {
+                    let dir = path.parent().map(PathBuf::from).unwrap_or_default();
+                    for (name, plate) in plates.iter_mut() {
+                        if !plate.closed && plate.dirs.iter().any(|d| d.starts_with(&dir)) {
+                            plate.closed = true;
+                            journal.record(Event::PlateClosed, name, &format!("completion marker {}", path.display()));
+                            out.push(SiteMsg::Close(name.clone()));
+                        }
+                    }
+                }
+                // Shutdown: sites still missing channels are assembled again after a restart.
+                None => return,
+            },
+            _ = interval.tick() => {
+                let now = Instant::now();
+                let expired: Vec<SiteKey> = partial.iter()
+                    .filter(|(_, p)| now.duration_since(p.first) >= config.site_timeout)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for key in expired {
+                    if let Some(p) = partial.remove(&key) {
+                        let missing: Vec<&String> = config.channels.iter().filter(|c| !p.files.contains_key(*c)).collect();
+                        journal.record(Event::Incomplete, &key.to_string(), &format!("missing channels {missing:?} after {:?}", config.site_timeout));
+                    }
+                }
+                for (name, plate) in plates.iter_mut() {
+                    if !plate.closed && now.duration_since(plate.last_file) >= config.quiet_period {
+                        plate.closed = true;
+                        journal.record(Event::PlateClosed, name, &format!("no new file for {:?}", config.quiet_period));
+                        out.push(SiteMsg::Close(name.clone()));
+                    }
+                }
+            }
+        }
+        for msg in out {
+            if tx.send(msg).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn accept(
+    config: &AssembleConfig,
+    journal: &Journal,
+    partial: &mut HashMap<SiteKey, Partial>,
+    plates: &mut HashMap<String, Plate>,
+    file: ReadyFile,
+    out: &mut Vec<SiteMsg>,
+) {
+    let key = file.key.site.clone();
+    let plate = plates.entry(key.plate.clone()).or_insert_with(|| Plate {
+        dirs: HashSet::new(),
+        sites: config.committed.get(&key.plate).copied().unwrap_or(0),
+        last_file: Instant::now(),
+        closed: false,
+    });
+    plate.last_file = Instant::now();
+    if let Some(dir) = file.path.parent() {
+        plate.dirs.insert(dir.to_owned());
+    }
+    let complete = if config.multi_page {
+        Some(CompleteSite {
+            key: key.clone(),
+            acquired: file.modified,
+            files: vec![(file.path.clone(), file.planes)],
+        })
+    } else {
+        let entry = partial.entry(key.clone()).or_insert_with(|| Partial {
+            files: BTreeMap::new(),
+            first: Instant::now(),
+        });
+        if let Some(first) = entry.files.get(&file.key.channel) {
+            journal.record(
+                Event::Duplicate,
+                &file.path.display().to_string(),
+                &format!(
+                    "site {key} already has channel {} from {}; the first is kept",
+                    file.key.channel,
+                    first.path.display()
+                ),
+            );
+            return;
+        }
+        entry.files.insert(file.key.channel.clone(), file);
+        if config.channels.iter().all(|c| entry.files.contains_key(c)) {
+            partial.remove(&key).map(|mut p| {
+                let acquired = p
+                    .files
+                    .values()
+                    .map(|f| f.modified)
+                    .max()
+                    .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+                let files = config
+                    .channels
+                    .iter()
+                    .filter_map(|c| p.files.remove(c))
+                    .map(|f| (f.path, f.planes))
+                    .collect();
+                CompleteSite {
+                    key: key.clone(),
+                    acquired,
+                    files,
+                }
+            })
+        } else {
+            None
+        }
+    };
+    if let Some(site) = complete {
+        plate.sites += 1;
+        out.push(SiteMsg::Site(site));
+        if !plate.closed && config.expected_sites.is_some_and(|n| plate.sites >= n) {
+            plate.closed = true;
+            journal.record(
+                Event::PlateClosed,
+                &key.plate,
+                &format!("all {} expected sites", plate.sites),
+            );
+            out.push(SiteMsg::Close(key.plate.clone()));
+        }
+    }
+}

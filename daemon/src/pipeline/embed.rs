@@ -1,0 +1,291 @@
+//! Stage 5, inference: preprocess every site with bfx-core (the function
+//! the trainer used) and embed batches in the configured correction mode.
+//!
+//! AdaBN: until a plate has `min_sites` sites its rows are provisional,
+//! embedded with the statistics of what has arrived. Then the plate's
+//! statistics are computed once from a sample of up to `sample_sites`
+//! sites (the ones with the smallest key digests, so the sample does not
+//! depend on arrival order), every earlier site is embedded again with
+//! them, and from then on every site of the plate is final at once. A
+//! plate that closes first is finalized with what it has.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bfx_core::bundle::CorrectionMode;
+use bfx_core::image::ReadOptions;
+use bfx_core::naming::SiteKey;
+use bfx_core::preprocess::{PreprocessSpec, SiteFiles};
+use ndarray::{Array2, Array4};
+use tokio::sync::mpsc;
+
+use super::{BatchMsg, CompleteSite, SinkMsg};
+use crate::engine::{Engine, EngineError, PlateStats};
+use crate::journal::{Event, Journal};
+use crate::model_input::to_array;
+use crate::store::{Row, RowStatus};
+
+/// What the stage needs to know.
+pub struct EmbedConfig {
+    /// Correction mode (`none` or `adabn`).
+    pub mode: CorrectionMode,
+    /// AdaBN: sites before a plate's statistics are final.
+    pub min_sites: usize,
+    /// AdaBN: most sites in the statistics sample.
+    pub sample_sites: usize,
+    /// Preprocessing from the bundle.
+    pub preprocess: PreprocessSpec,
+}
+
+/// A site embedded before its plate's statistics were final.
+pub struct Early {
+    /// The site.
+    pub key: SiteKey,
+    /// Its model input.
+    pub input: Array4<f32>,
+}
+
+/// AdaBN state of one plate.
+#[derive(Default)]
+pub struct AdabnPlate {
+    /// Final statistics, once computed.
+    pub stats: Option<PlateStats>,
+    /// Sites seen before that.
+    pub early: Vec<Early>,
+}
+
+struct Input {
+    key: SiteKey,
+    paths: Vec<PathBuf>,
+    acquired: SystemTime,
+    input: Array4<f32>,
+}
+
+/// A stored site's model input again, from its files (restart of a provisional plate).
+pub fn reload(
+    spec: &PreprocessSpec,
+    read: &ReadOptions,
+    paths: &str,
+) -> Result<Array4<f32>, String> {
+    let paths: Vec<PathBuf> = paths.split(';').map(PathBuf::from).collect();
+    let files = if paths.len() == 1 && spec.channels.len() > 1 {
+        SiteFiles::MultiPage(paths[0].clone())
+    } else {
+        SiteFiles::PerChannel(spec.channels.iter().cloned().zip(paths).collect())
+    };
+    spec.load_site(&files, read)
+        .map(to_array)
+        .map_err(|e| e.to_string())
+}
+
+fn digest(key: &SiteKey) -> String {
+    bfx_core::bundle::hex_sha256(key.to_string().as_bytes())
+}
+
+/// The stage.
+pub struct EmbedStage {
+    /// Settings.
+    pub config: EmbedConfig,
+    /// The bundle's sessions.
+    pub engine: Engine,
+    /// The event record.
+    pub journal: Arc<Journal>,
+    /// AdaBN plates (restored from the store at start-up).
+    pub plates: HashMap<String, AdabnPlate>,
+}
+
+impl EmbedStage {
+    /// Run until `rx` closes. Inference blocks, so it runs in place of the
+    /// runtime worker (`block_in_place`) and other stages keep going.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<BatchMsg>, tx: mpsc::Sender<SinkMsg>) {
+        while let Some(msg) = rx.recv().await {
+            let out = tokio::task::block_in_place(|| match msg {
+                BatchMsg::Batch(plate, sites) => self.batch(&plate, sites),
+                BatchMsg::Close(plate) => {
+                    let mut out = self.finalize(&plate);
+                    out.push(SinkMsg::Close(plate));
+                    out
+                }
+            });
+            for m in out {
+                if tx.send(m).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn fail(&self, plate: &str, e: EngineError) -> Vec<SinkMsg> {
+        // The sites stay out of the store and are tried again after a restart.
+        tracing::error!(plate, error = %e, "inference failed; the batch is not stored");
+        Vec::new()
+    }
+
+    fn batch(&mut self, plate: &str, sites: Vec<CompleteSite>) -> Vec<SinkMsg> {
+        let inputs: Vec<Input> = sites
+            .into_iter()
+            .filter_map(|site| {
+                let planes: Vec<_> = site
+                    .files
+                    .iter()
+                    .flat_map(|(p, planes)| planes.iter().map(move |pl| (p.clone(), pl.clone())))
+                    .collect();
+                match self.config.preprocess.preprocess(&planes) {
+                    Ok(input) => Some(Input {
+                        paths: site.files.iter().map(|(p, _)| p.clone()).collect(),
+                        key: site.key,
+                        acquired: site.acquired,
+                        input: to_array(input),
+                    }),
+                    Err(e) => {
+                        self.journal
+                            .record(Event::Rejected, &site.key.to_string(), &e.to_string());
+                        None
+                    }
+                }
+            })
+            .collect();
+        if inputs.is_empty() {
+            return Vec::new();
+        }
+        let arrays: Vec<Array4<f32>> = inputs.iter().map(|i| i.input.clone()).collect();
+        let mode = self.config.mode;
+        let result = match mode {
+            CorrectionMode::Adabn => self.adabn(plate, &inputs, &arrays),
+            _ => self
+                .engine
+                .embed(&arrays)
+                .map(|e| (e, RowStatus::Final, Vec::new())),
+        };
+        let (embeddings, status, mut before) = match result {
+            Ok(r) => r,
+            Err(e) => return self.fail(plate, e),
+        };
+        let rows = inputs
+            .into_iter()
+            .zip(embeddings.rows())
+            .map(|(i, e)| Row {
+                key: i.key,
+                paths: i.paths,
+                acquired: i.acquired,
+                correction: mode,
+                status,
+                embedding: e.to_vec(),
+            })
+            .collect();
+        before.push(SinkMsg::Rows(rows));
+        // Updates of earlier rows follow the new rows (they may be in the same commit).
+        before.rotate_right(1);
+        before
+    }
+
+    /// Embeddings of `inputs` under AdaBN, their status, and messages the
+    /// finalization of the plate produced (statistics, updates).
+    fn adabn(
+        &mut self,
+        plate: &str,
+        inputs: &[Input],
+        arrays: &[Array4<f32>],
+    ) -> Result<(Array2<f32>, RowStatus, Vec<SinkMsg>), EngineError> {
+        let state = self.plates.entry(plate.to_string()).or_default();
+        if let Some(stats) = &state.stats {
+            return Ok((
+                self.engine.embed_with(arrays, stats)?,
+                RowStatus::Final,
+                Vec::new(),
+            ));
+        }
+        let already = state.early.len();
+        state.early.extend(inputs.iter().map(|i| Early {
+            key: i.key.clone(),
+            input: i.input.clone(),
+        }));
+        if state.early.len() >= self.config.min_sites {
+            let stats = self.sample_stats(plate)?;
+            let mut msgs = self.update_early(plate, &stats, already)?;
+            let embeddings = self.engine.embed_with(arrays, &stats)?;
+            msgs.insert(0, SinkMsg::Stats(plate.to_string(), stats.flatten()));
+            let state = self.plates.entry(plate.to_string()).or_default();
+            state.early.clear();
+            state.stats = Some(stats);
+            return Ok((embeddings, RowStatus::Final, msgs));
+        }
+        let early: Vec<Array4<f32>> = state.early.iter().map(|e| e.input.clone()).collect();
+        let stats = self.engine.plate_stats(&early)?;
+        Ok((
+            self.engine.embed_with(arrays, &stats)?,
+            RowStatus::Provisional,
+            Vec::new(),
+        ))
+    }
+
+    /// The plate's statistics from its sample of early sites.
+    fn sample_stats(&mut self, plate: &str) -> Result<PlateStats, EngineError> {
+        let state = self.plates.entry(plate.to_string()).or_default();
+        let mut order: Vec<(String, usize)> = state
+            .early
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (digest(&e.key), i))
+            .collect();
+        order.sort();
+        let sample: Vec<Array4<f32>> = order
+            .iter()
+            .take(self.config.sample_sites)
+            .map(|(_, i)| state.early[*i].input.clone())
+            .collect();
+        self.engine.plate_stats(&sample)
+    }
+
+    /// Final embeddings of the first `count` early sites (already stored as provisional).
+    fn update_early(
+        &mut self,
+        plate: &str,
+        stats: &PlateStats,
+        count: usize,
+    ) -> Result<Vec<SinkMsg>, EngineError> {
+        let state = self.plates.entry(plate.to_string()).or_default();
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<SiteKey> = state.early[..count].iter().map(|e| e.key.clone()).collect();
+        let arrays: Vec<Array4<f32>> = state.early[..count]
+            .iter()
+            .map(|e| e.input.clone())
+            .collect();
+        let mut updates = Vec::new();
+        for (chunk_keys, chunk) in keys.chunks(64).zip(arrays.chunks(64)) {
+            let e = self.engine.embed_with(chunk, stats)?;
+            updates.extend(
+                chunk_keys
+                    .iter()
+                    .cloned()
+                    .zip(e.rows().into_iter().map(|r| r.to_vec())),
+            );
+        }
+        Ok(vec![SinkMsg::Update(updates)])
+    }
+
+    /// A closing plate whose statistics are not final yet gets them from what it has.
+    fn finalize(&mut self, plate: &str) -> Vec<SinkMsg> {
+        if self.config.mode != CorrectionMode::Adabn {
+            return Vec::new();
+        }
+        let state = self.plates.entry(plate.to_string()).or_default();
+        if state.stats.is_some() || state.early.is_empty() {
+            return Vec::new();
+        }
+        let count = state.early.len();
+        let result = self.sample_stats(plate).and_then(|stats| {
+            let mut msgs = self.update_early(plate, &stats, count)?;
+            msgs.insert(0, SinkMsg::Stats(plate.to_string(), stats.flatten()));
+            let state = self.plates.entry(plate.to_string()).or_default();
+            state.early.clear();
+            state.stats = Some(stats);
+            Ok(msgs)
+        });
+        result.unwrap_or_else(|e| self.fail(plate, e))
+    }
+}

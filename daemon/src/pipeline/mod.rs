@@ -1,0 +1,328 @@
+//! `bfx-daemon run`: the pipeline, one tokio task per stage joined by
+//! bounded channels, data flowing one way:
+//!
+//! watch -> ready -> assemble -> batch -> embed -> sink
+//!
+//! Shutdown stops the watch stage; each stage then drains what it holds
+//! into the next and ends when its input closes, so the sink commits
+//! every embedded site before `run` returns. Files not yet ready and
+//! sites not yet complete are simply found again after a restart, and
+//! sites already in the store are skipped, so every site is stored once.
+
+mod assemble;
+mod batch;
+mod embed;
+mod ready;
+mod sink;
+mod watch;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bfx_config::DaemonConfig;
+use bfx_config::daemon::SiteLayout;
+use bfx_core::bundle::{Bundle, BundleError, CorrectionMode};
+use bfx_core::image::{Pages, Plane, ReadOptions};
+use bfx_core::naming::{ImageKey, NamingScheme, SiteKey};
+use thiserror::Error;
+use tokio::sync::{mpsc, watch as signal};
+
+pub use self::ready::glob;
+pub use self::watch::scan;
+use crate::engine::{Engine, EngineError, PlateStats};
+use crate::journal::Journal;
+use crate::runtime::{self, RuntimeError};
+use crate::store::{PlateInfo, Row, Store, StoreError};
+
+/// A file that is ready: decoded planes and what its name says.
+pub struct ReadyFile {
+    /// The file.
+    pub path: PathBuf,
+    /// Plate, well, site, channel.
+    pub key: ImageKey,
+    /// Its planes (one per channel for multi-page files).
+    pub planes: Vec<Plane>,
+    /// Its mtime.
+    pub modified: SystemTime,
+}
+
+/// Ready stage output.
+pub enum FileEvent {
+    /// An image file.
+    Image(ReadyFile),
+    /// A plate completion marker.
+    Marker(PathBuf),
+}
+
+/// A site with every channel.
+pub struct CompleteSite {
+    /// The site.
+    pub key: SiteKey,
+    /// When its last file was written.
+    pub acquired: SystemTime,
+    /// `(path, planes)` in the bundle's channel order.
+    pub files: Vec<(PathBuf, Vec<Plane>)>,
+}
+
+/// Assemble stage output.
+pub enum SiteMsg {
+    /// A complete site.
+    Site(CompleteSite),
+    /// A plate closed.
+    Close(String),
+}
+
+/// Batch stage output.
+pub enum BatchMsg {
+    /// Sites of one plate.
+    Batch(String, Vec<CompleteSite>),
+    /// A plate closed (after its last batch).
+    Close(String),
+}
+
+/// Embed stage output.
+pub enum SinkMsg {
+    /// New rows.
+    Rows(Vec<Row>),
+    /// Final embeddings of rows stored as provisional.
+    Update(Vec<(SiteKey, Vec<f32>)>),
+    /// A plate's final AdaBN statistics (layer means and variances, flattened).
+    Stats(String, Vec<f32>),
+    /// A plate closed.
+    Close(String),
+}
+
+/// Why the daemon cannot run.
+#[derive(Debug, Error)]
+pub enum PipelineError {
+    /// ONNX Runtime did not load.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The bundle is unusable.
+    #[error("bundle: {0}")]
+    Bundle(#[from] BundleError),
+    /// The configuration asks what the bundle cannot do.
+    #[error("{0}")]
+    Config(String),
+    /// The graphs did not load.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The store cannot be opened.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// What a run did.
+#[derive(Debug)]
+pub struct RunSummary {
+    /// Rows in the store at the end, per plate group.
+    pub rows: HashMap<String, usize>,
+    /// Where refusals were recorded.
+    pub journal: PathBuf,
+}
+
+/// The AdaBN state of every stored plate: final statistics, or the model
+/// inputs of its provisional sites read again from their files.
+fn restore_adabn(
+    store: &Store,
+    bundle: &Bundle,
+    read: &ReadOptions,
+    journal: &Journal,
+) -> HashMap<String, embed::AdabnPlate> {
+    let channels: Vec<usize> = bundle
+        .manifest
+        .adabn_layers
+        .iter()
+        .map(|l| l.channels)
+        .collect();
+    let mut out = HashMap::new();
+    for table in store.plates().values() {
+        let plate = table.uns.get("plate").cloned().unwrap_or_default();
+        let mut state = embed::AdabnPlate::default();
+        let stats = table.uns.get("adabn_stats").filter(|s| !s.is_empty());
+        if let Some(flat) = stats.and_then(|s| serde_json::from_str::<Vec<f32>>(s).ok()) {
+            state.stats = PlateStats::unflatten(&flat, &channels);
+        } else {
+            for row in &table.rows {
+                match embed::reload(&bundle.manifest.preprocess, read, &row.paths) {
+                    Ok(input) => {
+                        if let Ok(key) = site_key(&row.index, &plate) {
+                            state.early.push(embed::Early { key, input });
+                        }
+                    }
+                    Err(e) => journal.record(
+                        crate::journal::Event::Rejected,
+                        &row.index,
+                        &format!("cannot re-read a provisional site: {e}"),
+                    ),
+                }
+            }
+        }
+        out.insert(plate, state);
+    }
+    out
+}
+
+/// The site key of a stored row (its index text), for a plate whose name may contain `/`.
+fn site_key(index: &str, plate: &str) -> Result<SiteKey, String> {
+    let rest = index
+        .strip_prefix(plate)
+        .and_then(|r| r.strip_prefix('/'))
+        .ok_or("index does not start with the plate")?;
+    let mut parts = rest.split('/');
+    let well_text = parts.next().ok_or("no well")?;
+    let well = bfx_core::naming::Well::parse(well_text, bfx_core::naming::PlateFormat::default())
+        .map_err(|e| e.to_string())?;
+    let site = parts.next().and_then(|s| s.parse().ok()).ok_or("no site")?;
+    let (mut timepoint, mut z) = (None, None);
+    for p in parts {
+        if let Some(t) = p.strip_prefix('t') {
+            timepoint = t.parse().ok();
+        } else if let Some(v) = p.strip_prefix('z') {
+            z = v.parse().ok();
+        }
+    }
+    Ok(SiteKey {
+        plate: plate.to_string(),
+        well,
+        site,
+        timepoint,
+        z,
+    })
+}
+
+/// Run the daemon until `shutdown` turns true, then drain and commit.
+pub async fn run(
+    config: DaemonConfig,
+    shutdown: signal::Receiver<bool>,
+) -> Result<RunSummary, PipelineError> {
+    let rt = runtime::init(
+        config.inference.onnxruntime_library.as_deref(),
+        config.inference.execution_provider,
+    )?;
+    let bundle = Bundle::open(&config.bundle)?;
+    if let Some(channels) = &config.channels {
+        bundle.check_channels(channels)?;
+    }
+    let mode = config.correction.mode;
+    if !bundle.manifest.correction_modes.contains(&mode) {
+        return Err(PipelineError::Config(format!(
+            "daemon.correction.mode = {mode:?} but the bundle {} supports only {:?}",
+            config.bundle.display(),
+            bundle.manifest.correction_modes
+        )));
+    }
+    if mode == CorrectionMode::Ist {
+        return Err(PipelineError::Config(
+            "IST correction is not implemented in this daemon yet".into(),
+        ));
+    }
+    let engine = Engine::load(rt, bundle.clone(), &config.inference)?;
+    let store = tokio::task::block_in_place(|| {
+        Store::open(
+            &config.store,
+            bundle.manifest.embedding_dim,
+            config.commit.max_rows,
+        )
+    })?;
+    let journal = Arc::new(Journal::beside(&config.store));
+    let multi_page = config.assemble.layout == SiteLayout::MultiPage;
+    let read = ReadOptions {
+        limits: config.image,
+        pages: if multi_page { Pages::All } else { Pages::First },
+    };
+
+    let mut committed = HashSet::new();
+    let mut per_plate = HashMap::new();
+    for table in store.plates().values() {
+        committed.extend(table.rows.iter().map(|r| r.index.clone()));
+        per_plate.insert(
+            table.uns.get("plate").cloned().unwrap_or_default(),
+            table.rows.len() as u64,
+        );
+    }
+    let adabn = if mode == CorrectionMode::Adabn {
+        tokio::task::block_in_place(|| restore_adabn(&store, &bundle, &read, &journal))
+    } else {
+        HashMap::new()
+    };
+    let naming = NamingScheme::new(&config.naming)
+        .map_err(|e| PipelineError::Config(format!("daemon.naming: {e}")))?;
+    let marker = config
+        .plate
+        .completion_marker
+        .as_deref()
+        .map(glob)
+        .transpose()
+        .map_err(|e| PipelineError::Config(format!("daemon.plate.completion_marker: {e}")))?;
+    let channels = bundle.manifest.preprocess.channels.clone();
+    let cap = config.batch.queue_capacity;
+    let (paths_tx, paths_rx) = mpsc::channel(cap);
+    let (files_tx, files_rx) = mpsc::channel(cap);
+    let (sites_tx, sites_rx) = mpsc::channel(cap);
+    let (batches_tx, batches_rx) = mpsc::channel(cap);
+    let (rows_tx, rows_rx) = mpsc::channel(cap);
+
+    tokio::spawn(watch::run(config.watch.clone(), paths_tx, shutdown));
+    let ready = ready::ReadyConfig {
+        settle: config.watch.settle,
+        read_deadline: config.watch.read_deadline,
+        naming,
+        channels: channels.clone(),
+        read,
+        quarantine: config.quarantine.clone(),
+        marker,
+        committed,
+    };
+    tokio::spawn(ready::run(ready, journal.clone(), paths_rx, files_tx));
+    let assemble = assemble::AssembleConfig {
+        channels,
+        multi_page,
+        site_timeout: config.assemble.site_timeout,
+        expected_sites: config.plate.expected_sites,
+        quiet_period: config.plate.quiet_period,
+        committed: per_plate,
+    };
+    tokio::spawn(assemble::run(assemble, journal.clone(), files_rx, sites_tx));
+    tokio::spawn(batch::run(
+        config.batch.max_size,
+        config.batch.max_delay,
+        sites_rx,
+        batches_tx,
+    ));
+    let stage = embed::EmbedStage {
+        config: embed::EmbedConfig {
+            mode,
+            min_sites: config.correction.adabn_min_sites,
+            sample_sites: config.correction.adabn_sample_sites,
+            preprocess: bundle.manifest.preprocess.clone(),
+        },
+        engine,
+        journal: journal.clone(),
+        plates: adabn,
+    };
+    tokio::spawn(stage.run(batches_rx, rows_tx));
+    let info = PlateInfo {
+        bundle_sha256: bundle.sha256.clone(),
+        method: bundle.manifest.method.clone(),
+        correction: mode,
+    };
+    let sink = sink::Sink {
+        store,
+        info,
+        commit: config.commit.clone(),
+    };
+    let store = tokio::spawn(sink.run(rows_rx))
+        .await
+        .map_err(|e| PipelineError::Config(format!("the sink stage failed: {e}")))?;
+    Ok(RunSummary {
+        rows: store
+            .plates()
+            .iter()
+            .map(|(g, t)| (g.clone(), t.committed))
+            .collect(),
+        journal: journal.path().to_owned(),
+    })
+}

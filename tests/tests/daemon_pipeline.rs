@@ -1,0 +1,235 @@
+//! The daemon end to end: a tiny screen, a tiny trained and exported
+//! model, the daemon started on an empty folder, two plates replayed into
+//! it while it runs; then Python's anndata reads every plate and each
+//! complete site must be there exactly once with the embedding the bundle
+//! gives that site offline (1e-4), in correction modes `none` and `adabn`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use bfx_config::daemon::InferenceConfig;
+use bfx_core::bundle::Bundle;
+use bfx_core::image::ReadOptions;
+use bfx_core::naming::Preset;
+use bfx_core::preprocess::SiteFiles;
+use bfx_daemon::engine::{Engine, PlateStats};
+use bfx_daemon::model_input::site_array;
+use bfx_tests::run_python;
+
+const PLATES: [&str; 2] = ["S2P1", "S2P2"];
+const SITES_PER_PLATE: usize = 24;
+
+/// A tiny screen and a bundle trained on it for a few steps.
+fn screen_and_bundle(dir: &Path) -> (PathBuf, PathBuf) {
+    let screen = dir.join("screen");
+    bfx_trainer::synth::generate(
+        bfx_trainer::synth::SynthPreset::Tiny,
+        &screen,
+        0,
+        Preset::Imagexpress,
+        &indicatif::ProgressBar::hidden(),
+    )
+    .expect("tiny screen");
+    let text = r#"[trainer]
+out = "run"
+[trainer.data]
+root = "screen"
+manifest = "screen/manifest.csv"
+cache_dir = "cache"
+[trainer.preprocess]
+channels = ["w1", "w2", "w3", "w4"]
+normalization = { kind = "percentile", low = [100.0, 100.0, 100.0, 100.0], high = [5000.0, 2500.0, 5000.0, 3000.0], clip = false }
+geometry = { kind = "resize", height = 32, width = 32 }
+[trainer.model]
+width = 8
+embedding_dim = 16
+[trainer.optim]
+batch_size = 16
+steps = 10
+"#;
+    let config = bfx_config::parse_trainer(text, &dir.join("fit.toml")).expect("valid config");
+    bfx_trainer::fit::fit(
+        &config,
+        &candle_core::Device::Cpu,
+        false,
+        &AtomicBool::new(false),
+        &indicatif::ProgressBar::hidden(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let bundle = dir.join("bundle");
+    bfx_trainer::export::export(&config.out, &bundle, false).unwrap_or_else(|e| panic!("{e}"));
+    (screen, bundle)
+}
+
+fn daemon_config(dir: &Path, bundle: &Path, mode: &str) -> bfx_config::DaemonConfig {
+    let text = format!(
+        r#"[daemon]
+bundle = "{}"
+store = "out.zarr"
+shutdown_timeout = "30s"
+[daemon.naming]
+preset = "imagexpress"
+[daemon.watch]
+roots = ["incoming"]
+poll_interval = "300ms"
+settle = "150ms"
+[daemon.batch]
+max_size = 8
+max_delay = "300ms"
+[daemon.correction]
+mode = "{mode}"
+adabn_min_sites = 10
+adabn_sample_sites = 16
+[daemon.plate]
+expected_sites = {SITES_PER_PLATE}
+[daemon.commit]
+max_rows = 16
+max_interval = "500ms"
+"#,
+        bundle.display()
+    );
+    std::fs::create_dir_all(dir.join("incoming")).expect("watch root");
+    bfx_config::parse_daemon(&text, &dir.join("daemon.toml")).expect("valid daemon config")
+}
+
+/// Rows of `plate` committed, per the group's consolidated metadata.
+fn committed_rows(store: &Path, plate: &str) -> u64 {
+    std::fs::read(store.join(plate).join("zarr.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["consolidated_metadata"]["metadata"]["X"]["shape"][0].as_u64())
+        .unwrap_or(0)
+}
+
+const READ: &str = r#"
+import sys, json, anndata
+a = anndata.read_zarr(sys.argv[1])
+print(json.dumps({"index": list(a.obs_names), "status": list(a.obs["status"]),
+                  "paths": list(a.obs["paths"]), "X": a.X.tolist(),
+                  "stats": str(a.uns["adabn_stats"]), "plate_status": str(a.uns["plate_status"])}))
+"#;
+
+fn run_mode(screen: &Path, bundle_dir: &Path, mode: &str) {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let config = daemon_config(tmp.path(), bundle_dir, mode);
+    let store = config.store.clone();
+    let incoming = config.watch.roots[0].clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let daemon = runtime.spawn(bfx_daemon::pipeline::run(config, shutdown));
+    for plate in PLATES {
+        bfx_daemon::replay::replay(&screen.join(plate), &incoming.join(plate), 400.0, |_, _| {})
+            .expect("replay");
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while PLATES
+        .iter()
+        .any(|p| committed_rows(&store, p) < SITES_PER_PLATE as u64)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not store every site in time"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Give a plate close (expected count reached) time to commit, then stop.
+    std::thread::sleep(Duration::from_secs(1));
+    stop.send(true).expect("daemon listening");
+    let summary = runtime
+        .block_on(daemon)
+        .expect("daemon task")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        summary.rows.values().sum::<usize>(),
+        PLATES.len() * SITES_PER_PLATE
+    );
+
+    let bundle = Bundle::open(bundle_dir).expect("bundle");
+    let rt = bfx_daemon::runtime::init(None, Default::default()).expect("ONNX Runtime");
+    let mut engine = Engine::load(rt, bundle.clone(), &InferenceConfig::default()).expect("engine");
+    let spec = &bundle.manifest.preprocess;
+    for plate in PLATES {
+        let out = run_python(READ, &[store.join(plate).as_os_str()]);
+        let v: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+        let index: Vec<&str> = v["index"]
+            .as_array()
+            .expect("index")
+            .iter()
+            .filter_map(|s| s.as_str())
+            .collect();
+        let mut unique = index.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(
+            unique.len(),
+            SITES_PER_PLATE,
+            "{plate}: every site exactly once"
+        );
+        assert_eq!(index.len(), SITES_PER_PLATE);
+        assert_eq!(v["plate_status"], "complete", "{plate}");
+        assert!(
+            v["status"]
+                .as_array()
+                .expect("status")
+                .iter()
+                .all(|s| s == "final"),
+            "{plate}: {}",
+            v["status"]
+        );
+        let stats = (mode == "adabn").then(|| {
+            let flat: Vec<f32> =
+                serde_json::from_str(v["stats"].as_str().expect("stats")).expect("stats JSON");
+            let channels: Vec<usize> = bundle
+                .manifest
+                .adabn_layers
+                .iter()
+                .map(|l| l.channels)
+                .collect();
+            PlateStats::unflatten(&flat, &channels).expect("stats of every layer")
+        });
+        for (i, paths) in v["paths"].as_array().expect("paths").iter().enumerate() {
+            let paths: Vec<PathBuf> = paths
+                .as_str()
+                .expect("text")
+                .split(';')
+                .map(PathBuf::from)
+                .collect();
+            let files = SiteFiles::PerChannel(spec.channels.iter().cloned().zip(paths).collect());
+            let input = site_array(spec, &files, &ReadOptions::default()).expect("site reads");
+            let want = match &stats {
+                Some(s) => engine.embed_with(&[input], s),
+                None => engine.embed(&[input]),
+            }
+            .expect("offline embedding");
+            let got: Vec<f32> = v["X"][i]
+                .as_array()
+                .expect("row")
+                .iter()
+                .map(|x| x.as_f64().expect("number") as f32)
+                .collect();
+            let diff = want
+                .iter()
+                .zip(&got)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                diff <= 1e-4,
+                "{plate} row {i} ({}): differs from the offline embedding by {diff}",
+                index[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn replayed_plates_are_embedded_once_as_the_bundle_embeds_them_offline() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let (screen, bundle) = screen_and_bundle(tmp.path());
+    run_mode(&screen, &bundle, "none");
+    run_mode(&screen, &bundle, "adabn");
+}
