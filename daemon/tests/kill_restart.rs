@@ -1,0 +1,325 @@
+//! `bfx-daemon run` killed with SIGKILL at several moments of a replay and
+//! restarted: at the end every site is in the store exactly once with the
+//! embedding the bundle gives it offline, the store loads with anndata
+//! after every kill, and a Python reader calling `anndata.read_zarr` in a
+//! loop through all of it never fails.
+//!
+//! The bundle is written by bfx-export from seeded weights and the images
+//! by the tiff encoder, so the daemon's tests need no trainer (no Candle).
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bfx_core::arch::{ModelSpec, ResNetSpec};
+use bfx_core::bundle::{Bundle, Provenance};
+use bfx_core::image::ReadOptions;
+use bfx_core::preprocess::{Geometry, Normalization, PreprocessSpec, SiteFiles};
+use bfx_daemon::engine::Engine;
+use bfx_daemon::model_input::site_array;
+use bfx_export::weights::Weights;
+use bfx_export::{ClassifierExport, write_classifier_bundle};
+
+const PLATES: [&str; 2] = ["KP1", "KP2"];
+const SITES: u32 = 60;
+const CHANNELS: [&str; 2] = ["w1", "w2"];
+
+fn python() -> PathBuf {
+    let path = std::env::var_os("BFX_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
+    assert!(
+        path.exists(),
+        "the test Python {} is missing: run scripts/setup-venv.sh (scripts/test.sh runs it)",
+        path.display()
+    );
+    path
+}
+
+/// splitmix64 in [0, 1).
+fn noise(seed: u64) -> impl FnMut() -> f32 {
+    let mut state = seed;
+    move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+fn bundle(dir: &Path) -> PathBuf {
+    let spec = ModelSpec {
+        arch: "resnet18".into(),
+        encoder: ResNetSpec::resnet18(CHANNELS.len(), 4, false),
+        embedding_dim: 8,
+        classes: 3,
+    };
+    let mut next = noise(1);
+    let tensors: HashMap<String, (Vec<usize>, Vec<f32>)> = spec
+        .tensors()
+        .into_iter()
+        .map(|(name, shape)| {
+            let n: usize = shape.iter().product();
+            // Kaiming-uniform weights keep activations near unit scale
+            // through the network; norm layers near identity.
+            let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
+            let bound = (6.0 / fan_in as f32).sqrt();
+            let values = (0..n)
+                .map(|_| {
+                    let u = next();
+                    if name.ends_with("running_var")
+                        || (shape.len() == 1 && name.ends_with(".weight"))
+                    {
+                        0.75 + 0.5 * u
+                    } else if shape.len() == 1 {
+                        0.2 * (u - 0.5)
+                    } else {
+                        bound * (2.0 * u - 1.0)
+                    }
+                })
+                .collect();
+            (name, (shape, values))
+        })
+        .collect();
+    let out = dir.join("bundle");
+    write_classifier_bundle(
+        &ClassifierExport {
+            method: "erm".into(),
+            spec,
+            weights: Weights::from_tensors(Path::new("seeded"), tensors),
+            preprocess: PreprocessSpec {
+                channels: CHANNELS.iter().map(|c| c.to_string()).collect(),
+                normalization: Normalization::SelfStandardize { eps: 1e-6 },
+                geometry: Geometry::Resize {
+                    height: 32,
+                    width: 32,
+                },
+            },
+            class_names: vec!["a".into(), "b".into(), "c".into()],
+            provenance: Provenance::default(),
+            metrics: Default::default(),
+        },
+        &out,
+        false,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    out
+}
+
+/// ImageXpress-named 16-bit TIFFs: every site of every plate, each channel.
+fn acquisition(dir: &Path) -> PathBuf {
+    let root = dir.join("acquisition");
+    let mut next = noise(2);
+    for plate in PLATES {
+        for s in 0..SITES {
+            for channel in CHANNELS {
+                let well = format!("{}{:02}", (b'A' + (s / 12) as u8) as char, s % 12 + 1);
+                let path = root
+                    .join(plate)
+                    .join(format!("{plate}_{well}_s1_{channel}.tif"));
+                std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+                let pixels: Vec<u16> = (0..40 * 40)
+                    .map(|_| (next() * 4000.0) as u16 + 100)
+                    .collect();
+                let mut bytes = Cursor::new(Vec::new());
+                tiff::encoder::TiffEncoder::new(&mut bytes)
+                    .and_then(|mut e| {
+                        e.write_image::<tiff::encoder::colortype::Gray16>(40, 40, &pixels)
+                    })
+                    .expect("tiff");
+                std::fs::write(&path, bytes.into_inner()).expect("write");
+            }
+        }
+    }
+    root
+}
+
+fn start(config: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_bfx-daemon"))
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("bfx-daemon starts")
+}
+
+const LOADS: &str = r#"
+import sys, os, anndata
+for g in sys.argv[1:]:
+    if os.path.exists(os.path.join(g, "zarr.json")):
+        a = anndata.read_zarr(g)
+        assert a.obs_names.is_unique, g
+        assert a.X.shape[0] == len(a.obs), g
+print("ok")
+"#;
+
+const READER: &str = r#"
+import sys, os, json, anndata
+stop, groups = sys.argv[1], sys.argv[2:]
+reads = failures = 0
+errors = []
+while not os.path.exists(stop):
+    for g in groups:
+        if not os.path.exists(os.path.join(g, "zarr.json")):
+            continue
+        try:
+            a = anndata.read_zarr(g)
+            assert a.obs_names.is_unique and a.X.shape[0] == len(a.obs)
+            reads += 1
+        except Exception as e:
+            failures += 1
+            errors.append(repr(e)[:200])
+print(json.dumps({"reads": reads, "failures": failures, "errors": errors[:3]}))
+"#;
+
+const FINAL: &str = r#"
+import sys, json, anndata
+out = {}
+for g in sys.argv[1:]:
+    a = anndata.read_zarr(g)
+    out[g] = {"index": list(a.obs_names), "paths": list(a.obs["paths"]), "X": a.X.tolist()}
+print(json.dumps(out))
+"#;
+
+fn committed(store: &Path) -> u64 {
+    PLATES
+        .iter()
+        .filter_map(|p| std::fs::read(store.join(p).join("zarr.json")).ok())
+        .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .filter_map(|v| v["consolidated_metadata"]["metadata"]["X"]["shape"][0].as_u64())
+        .sum()
+}
+
+#[test]
+fn kill_9_and_restart_lose_and_duplicate_nothing() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let bundle_dir = bundle(tmp.path());
+    let source = acquisition(tmp.path());
+    let incoming = tmp.path().join("incoming");
+    std::fs::create_dir_all(&incoming).expect("watch root");
+    let config = tmp.path().join("daemon.toml");
+    std::fs::write(
+        &config,
+        "[daemon]\nbundle = \"bundle\"\nstore = \"out.zarr\"\n[daemon.naming]\npreset = \"imagexpress\"\n\
+         [daemon.watch]\nroots = [\"incoming\"]\npoll_interval = \"200ms\"\nsettle = \"100ms\"\n\
+         [daemon.batch]\nmax_size = 8\nmax_delay = \"200ms\"\n[daemon.commit]\nmax_rows = 8\nmax_interval = \"300ms\"\n",
+    )
+    .expect("config");
+    let store = tmp.path().join("out.zarr");
+    let groups: Vec<PathBuf> = PLATES.iter().map(|p| store.join(p)).collect();
+    let stop = tmp.path().join("stop-reader");
+    let reader = Command::new(python())
+        .arg("-c")
+        .arg(READER)
+        .arg(&stop)
+        .args(&groups)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("reader starts");
+
+    // Replay in a thread; kill and restart the daemon while it runs.
+    let replay = {
+        let (source, incoming) = (source.clone(), incoming.clone());
+        std::thread::spawn(move || {
+            bfx_daemon::replay::replay(&source, &incoming, 40.0, |_, _| {}).expect("replay")
+        })
+    };
+    let mut daemon = start(&config);
+    let mut next = noise(3);
+    for kill in 0..6 {
+        std::thread::sleep(Duration::from_millis(300 + (next() * 900.0) as u64));
+        daemon.kill().expect("SIGKILL");
+        daemon.wait().expect("reaped");
+        let out = Command::new(python())
+            .arg("-c")
+            .arg(LOADS)
+            .args(&groups)
+            .output()
+            .expect("python");
+        assert!(
+            out.status.success(),
+            "store unreadable after kill {kill}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        daemon = start(&config);
+    }
+    replay.join().expect("replay thread");
+    let total = u64::from(SITES) * PLATES.len() as u64;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while committed(&store) < total {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {total} sites stored",
+            committed(&store)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    daemon.kill().expect("SIGKILL");
+    daemon.wait().expect("reaped");
+    std::fs::write(&stop, b"").expect("stop reader");
+    let out = reader.wait_with_output().expect("reader ends");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("reader: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(report["failures"], 0, "{report}");
+    assert!(report["reads"].as_u64().expect("count") > 0, "{report}");
+
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(FINAL)
+        .args(&groups)
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let bundle = Bundle::open(&bundle_dir).expect("bundle");
+    let rt = bfx_daemon::runtime::init(None, Default::default()).expect("ONNX Runtime");
+    let mut engine = Engine::load(rt, bundle.clone(), &Default::default()).expect("engine");
+    let spec = &bundle.manifest.preprocess;
+    for g in &groups {
+        let plate = &all[g.to_str().expect("UTF-8 path")];
+        let index: Vec<&str> = plate["index"]
+            .as_array()
+            .expect("index")
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        let mut unique = index.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(
+            (index.len(), unique.len()),
+            (SITES as usize, SITES as usize),
+            "{}: each site once",
+            g.display()
+        );
+        for (i, paths) in plate["paths"].as_array().expect("paths").iter().enumerate() {
+            let paths = paths.as_str().expect("text").split(';').map(PathBuf::from);
+            let files = SiteFiles::PerChannel(spec.channels.iter().cloned().zip(paths).collect());
+            let want = engine
+                .embed(&[site_array(spec, &files, &ReadOptions::default()).expect("site")])
+                .expect("offline");
+            let got: Vec<f32> = plate["X"][i]
+                .as_array()
+                .expect("row")
+                .iter()
+                .map(|x| x.as_f64().expect("number") as f32)
+                .collect();
+            let diff = want
+                .iter()
+                .zip(&got)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(diff <= 1e-4, "{} row {i}: {diff}", g.display());
+        }
+    }
+}
