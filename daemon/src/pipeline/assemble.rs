@@ -53,6 +53,8 @@ pub async fn run(
 ) {
     let mut partial: HashMap<SiteKey, Partial> = HashMap::new();
     let mut plates: HashMap<String, Plate> = HashMap::new();
+    // Sites already sent on: a later file for one is a duplicate, not a new site.
+    let mut assembled: HashSet<SiteKey> = HashSet::new();
     let tick = (config.site_timeout.min(config.quiet_period) / 4)
         .clamp(Duration::from_millis(50), Duration::from_secs(5));
     let mut interval = tokio::time::interval(tick);
@@ -60,7 +62,22 @@ pub async fn run(
         let mut out: Vec<SiteMsg> = Vec::new();
         tokio::select! {
             event = rx.recv() => match event {
-                Some(FileEvent::Image(file)) => accept(&config, &journal, &mut partial, &mut plates, file, &mut out),
+                Some(FileEvent::Image(file)) => {
+                    if assembled.contains(&file.key.site) {
+                        journal.record(
+                            Event::Duplicate,
+                            &file.path.display().to_string(),
+                            &format!("site {} is already assembled; this file is not used", file.key.site),
+                        );
+                    } else {
+                        accept(&config, &journal, &mut partial, &mut plates, file, &mut out);
+                    }
+                    for msg in &out {
+                        if let SiteMsg::Site(site) = msg {
+                            assembled.insert(site.key.clone());
+                        }
+                    }
+                }
                 Some(FileEvent::Marker(path)) => {
                     let dir = path.parent().map(PathBuf::from).unwrap_or_default();
                     for (name, plate) in plates.iter_mut() {

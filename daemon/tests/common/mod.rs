@@ -1,0 +1,150 @@
+//! Helpers of the daemon's integration tests: a bundle from seeded
+//! weights (bfx-export, no trainer), an ImageXpress-named acquisition of
+//! 16-bit TIFFs, the test venv's Python and the daemon binary.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use bfx_core::arch::{ModelSpec, ResNetSpec};
+use bfx_core::bundle::Provenance;
+use bfx_core::preprocess::{Geometry, Normalization, PreprocessSpec};
+use bfx_export::weights::Weights;
+use bfx_export::{ClassifierExport, write_classifier_bundle};
+
+/// Plates of the acquisition.
+pub const PLATES: [&str; 2] = ["KP1", "KP2"];
+/// Sites per plate.
+pub const SITES: u32 = 60;
+/// Channels of every site.
+pub const CHANNELS: [&str; 2] = ["w1", "w2"];
+
+pub fn python() -> PathBuf {
+    let path = std::env::var_os("BFX_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
+    assert!(
+        path.exists(),
+        "the test Python {} is missing: run scripts/setup-venv.sh (scripts/test.sh runs it)",
+        path.display()
+    );
+    path
+}
+
+/// splitmix64 in [0, 1).
+pub fn noise(seed: u64) -> impl FnMut() -> f32 {
+    let mut state = seed;
+    move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+pub fn bundle(dir: &Path) -> PathBuf {
+    let spec = ModelSpec {
+        arch: "resnet18".into(),
+        encoder: ResNetSpec::resnet18(CHANNELS.len(), 4, false),
+        embedding_dim: 8,
+        classes: 3,
+    };
+    let mut next = noise(1);
+    let tensors: HashMap<String, (Vec<usize>, Vec<f32>)> = spec
+        .tensors()
+        .into_iter()
+        .map(|(name, shape)| {
+            let n: usize = shape.iter().product();
+            // Kaiming-uniform weights keep activations near unit scale
+            // through the network; norm layers near identity.
+            let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
+            let bound = (6.0 / fan_in as f32).sqrt();
+            let values = (0..n)
+                .map(|_| {
+                    let u = next();
+                    if name.ends_with("running_var")
+                        || (shape.len() == 1 && name.ends_with(".weight"))
+                    {
+                        0.75 + 0.5 * u
+                    } else if shape.len() == 1 {
+                        0.2 * (u - 0.5)
+                    } else {
+                        bound * (2.0 * u - 1.0)
+                    }
+                })
+                .collect();
+            (name, (shape, values))
+        })
+        .collect();
+    let out = dir.join("bundle");
+    write_classifier_bundle(
+        &ClassifierExport {
+            method: "erm".into(),
+            spec,
+            weights: Weights::from_tensors(Path::new("seeded"), tensors),
+            preprocess: PreprocessSpec {
+                channels: CHANNELS.iter().map(|c| c.to_string()).collect(),
+                normalization: Normalization::SelfStandardize { eps: 1e-6 },
+                geometry: Geometry::Resize {
+                    height: 32,
+                    width: 32,
+                },
+            },
+            class_names: vec!["a".into(), "b".into(), "c".into()],
+            provenance: Provenance::default(),
+            metrics: Default::default(),
+        },
+        &out,
+        false,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    out
+}
+
+/// ImageXpress-named 16-bit TIFFs: every site of every plate, each channel.
+pub fn acquisition(dir: &Path) -> PathBuf {
+    let root = dir.join("acquisition");
+    for (p, plate) in PLATES.iter().enumerate() {
+        for s in 0..SITES {
+            for (c, channel) in CHANNELS.iter().enumerate() {
+                let well = format!("{}{:02}", (b'A' + (s / 12) as u8) as char, s % 12 + 1);
+                let path = root
+                    .join(plate)
+                    .join(format!("{plate}_{well}_s1_{channel}.tif"));
+                write_tiff(
+                    &path,
+                    40,
+                    40,
+                    ((p as u64 * 1000 + u64::from(s)) << 2) + c as u64,
+                );
+            }
+        }
+    }
+    root
+}
+
+pub fn start(config: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_bfx-daemon"))
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("bfx-daemon starts")
+}
+
+/// A 16-bit TIFF of `w` x `h` noise.
+pub fn write_tiff(path: &Path, w: u32, h: u32, seed: u64) {
+    let mut next = noise(seed);
+    let pixels: Vec<u16> = (0..w * h).map(|_| (next() * 4000.0) as u16 + 100).collect();
+    let mut bytes = Cursor::new(Vec::new());
+    tiff::encoder::TiffEncoder::new(&mut bytes)
+        .and_then(|mut e| e.write_image::<tiff::encoder::colortype::Gray16>(w, h, &pixels))
+        .expect("tiff");
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+    std::fs::write(path, bytes.into_inner()).expect("write");
+}
