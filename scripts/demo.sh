@@ -5,9 +5,8 @@
 # truth, checks a trainer configuration against it (manifest, files, folds),
 # measures its batch effects with the calibration probe, draws a contact
 # sheet, trains and evaluates a small model on the leave-plate-out split, and
-# checks a daemon configuration (ONNX Runtime loaded, acquisition folder
-# readable). Export and the daemon's pipeline join as they land (see README,
-# Status).
+# exports it as a bundle, and runs the daemon on an empty folder while the
+# held-out plates are replayed into it as a microscope would write them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 demo=.bfx-demo
@@ -64,7 +63,9 @@ rm -rf "$demo/run"
 echo "==> Export the model as a bundle for the daemon"
 "$bin/bfx-trainer" export "$demo/run" --out "$demo/bundle" --replace
 
-echo "==> Daemon configuration"
+echo "==> Daemon: embed the held-out plates while they are replayed as a microscope writes them"
+rm -rf "$demo/incoming" "$demo/embeddings.zarr" "$demo/embeddings.zarr.events.jsonl"
+mkdir -p "$demo/incoming"
 cat > "$demo/daemon.toml" <<TOML
 # Written by scripts/demo.sh.
 [daemon]
@@ -74,7 +75,47 @@ channels = ["w1", "w2", "w3", "w4"]
 [daemon.naming]
 preset = "imagexpress"
 [daemon.watch]
-roots = ["screen"]
+roots = ["incoming"]
+poll_interval = "1s"
+settle = "300ms"
+[daemon.correction]
+mode = "adabn"
+adabn_min_sites = 32
+[daemon.commit]
+max_interval = "1s"
 TOML
 "$bin/bfx-daemon" check-config "$demo/daemon.toml"
-echo "Demo finished: binaries in $bin/; synthetic screen, contact sheet, the trained run (report in run/report/) and its bundle in $demo/."
+"$bin/bfx-daemon" run --config "$demo/daemon.toml" 2> "$demo/daemon.log" &
+daemon_pid=$!
+trap 'kill "$daemon_pid" 2>/dev/null || true' EXIT
+held_out=$(python3 -c 'import json, sys; print(" ".join(json.load(open(sys.argv[1]))["held_out"]))' "$demo/run/last.json")
+expected=0
+for plate in $held_out; do
+  "$bin/bfx-daemon" replay "$demo/screen/$plate" "$demo/incoming/$plate" --rate 500
+  expected=$((expected + $(find "$demo/screen/$plate" -name '*_w1.tif' | wc -l)))
+done
+stored() {
+  python3 - "$demo/embeddings.zarr" "$@" <<'PY'
+import json, os, sys
+total = 0
+for plate in sys.argv[2:]:
+    try:
+        meta = json.load(open(os.path.join(sys.argv[1], plate, "zarr.json")))
+        total += meta["consolidated_metadata"]["metadata"]["X"]["shape"][0]
+    except (OSError, KeyError, ValueError):
+        pass
+print(total)
+PY
+}
+for _ in $(seq 300); do
+  [ "$(stored $held_out)" -ge "$expected" ] && break
+  sleep 1
+done
+kill -TERM "$daemon_pid"
+wait "$daemon_pid" || true
+trap - EXIT
+echo "    $(stored $held_out) of $expected sites of the held-out plates ($held_out) are in $demo/embeddings.zarr"
+echo "    open one plate in Python:"
+echo "      import anndata"
+echo "      adata = anndata.read_zarr(\"$demo/embeddings.zarr/$(echo $held_out | cut -d' ' -f1)\")"
+echo "Demo finished: binaries in $bin/; synthetic screen, contact sheet, the trained run (report in run/report/), its bundle and the daemon's store in $demo/."

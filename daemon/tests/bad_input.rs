@@ -55,7 +55,8 @@ fn bad_files_are_recorded_and_good_sites_still_embedded() {
     // Channels of different sizes.
     write_tiff(&f("A05_s1_w1"), 40, 40, 50);
     write_tiff(&f("A05_s1_w2"), 20, 20, 51);
-    // A second w1 for site A07 (a GUID-suffixed copy).
+    // A second w1 for site A07 (a GUID-suffixed copy); whichever is
+    // ready first is kept, the other recorded as a duplicate.
     write_tiff(
         &dir.join("BP1_A07_s1_w1ABCDEF01-2345-6789-ABCD-EF0123456789.tif"),
         40,
@@ -74,7 +75,7 @@ fn bad_files_are_recorded_and_good_sites_still_embedded() {
         "notes.txt",
         "A04_s1_w3",
         "BP1/A05/1",
-        "A07_s1_w1ABCDEF01",
+        "A07_s1_w1",
         "BP1/A02/1",
     ];
     loop {
@@ -140,7 +141,7 @@ fn bad_files_are_recorded_and_good_sites_still_embedded() {
         "{:?}",
         kinds["BP1/A05/1"]
     );
-    assert_eq!(kinds["A07_s1_w1ABCDEF01"].0, "duplicate");
+    assert_eq!(kinds["A07_s1_w1"].0, "duplicate");
     assert_eq!(kinds["BP1/A02/1"].0, "incomplete");
     assert!(
         kinds["BP1/A02/1"].1.contains("missing channels [\"w1\"]"),
@@ -167,5 +168,73 @@ fn bad_files_are_recorded_and_good_sites_still_embedded() {
     assert_eq!(
         group["consolidated_metadata"]["metadata"]["X"]["shape"][0],
         3
+    );
+}
+
+#[test]
+fn an_open_plate_keeps_the_bundle_it_started_with() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    common::bundle_named(tmp.path(), "bundle", 1);
+    let config = tmp.path().join("daemon.toml");
+    std::fs::write(
+        &config,
+        "[daemon]\nbundle = \"bundle\"\nstore = \"out.zarr\"\n[daemon.naming]\npreset = \"imagexpress\"\n\
+         [daemon.watch]\nroots = [\"incoming\"]\npoll_interval = \"200ms\"\nsettle = \"100ms\"\n\
+         [daemon.batch]\nmax_size = 4\nmax_delay = \"200ms\"\n[daemon.commit]\nmax_rows = 4\nmax_interval = \"300ms\"\n",
+    )
+    .expect("config");
+    let incoming = tmp.path().join("incoming");
+    let site = |plate: &str, well: &str, seed: u64| {
+        for (c, ch) in ["w1", "w2"].iter().enumerate() {
+            write_tiff(
+                &incoming
+                    .join(plate)
+                    .join(format!("{plate}_{well}_s1_{ch}.tif")),
+                40,
+                40,
+                seed * 2 + c as u64,
+            );
+        }
+    };
+    let rows = |plate: &str| -> u64 {
+        std::fs::read(tmp.path().join("out.zarr").join(plate).join("zarr.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["consolidated_metadata"]["metadata"]["X"]["shape"][0].as_u64())
+            .unwrap_or(0)
+    };
+    let wait_for = |what: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !what() {
+            assert!(Instant::now() < deadline, "timed out");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    site("OP1", "A01", 1);
+    let mut daemon = start(&config);
+    wait_for(&|| rows("OP1") == 1);
+    daemon.kill().expect("stop");
+    daemon.wait().expect("reaped");
+
+    // Another model is deployed; the open plate OP1 goes on arriving.
+    std::fs::remove_dir_all(tmp.path().join("bundle")).expect("old bundle removed");
+    common::bundle_named(tmp.path(), "bundle", 2);
+    let mut daemon = start(&config);
+    site("OP1", "A02", 2);
+    site("OP2", "A01", 3);
+    let journal = tmp.path().join("out.zarr.events.jsonl");
+    wait_for(&|| rows("OP2") == 1 && events(&journal).iter().any(|e| e["subject"] == "OP1"));
+    std::thread::sleep(Duration::from_millis(500));
+    daemon.kill().expect("stop");
+    daemon.wait().expect("reaped");
+    assert_eq!(rows("OP1"), 1, "no site of OP1 embedded with the new model");
+    let ev = events(&journal);
+    let e = ev.iter().find(|e| e["subject"] == "OP1").expect("recorded");
+    assert_eq!(e["event"], "rejected");
+    assert!(
+        e["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("was started with bundle")),
+        "{e}"
     );
 }

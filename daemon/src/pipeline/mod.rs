@@ -236,12 +236,20 @@ pub async fn run(
 
     let mut committed = HashSet::new();
     let mut per_plate = HashMap::new();
+    let mut pinned_elsewhere = HashMap::new();
     for table in store.plates().values() {
         committed.extend(table.rows.iter().map(|r| r.index.clone()));
-        per_plate.insert(
-            table.uns.get("plate").cloned().unwrap_or_default(),
-            table.rows.len() as u64,
-        );
+        let plate = table.uns.get("plate").cloned().unwrap_or_default();
+        per_plate.insert(plate.clone(), table.rows.len() as u64);
+        let sha = table.uns.get("bundle_sha256").cloned().unwrap_or_default();
+        if !table.complete() && sha != bundle.sha256 {
+            tracing::warn!(
+                plate,
+                bundle = sha,
+                "open plate was started with another bundle; its new sites will be refused"
+            );
+            pinned_elsewhere.insert(plate, sha);
+        }
     }
     let adabn = if mode == CorrectionMode::Adabn {
         tokio::task::block_in_place(|| restore_adabn(&store, &bundle, &read, &journal))
@@ -275,6 +283,7 @@ pub async fn run(
         quarantine: config.quarantine.clone(),
         marker,
         committed,
+        pinned_elsewhere,
     };
     tokio::spawn(ready::run(ready, journal.clone(), paths_rx, files_tx));
     let assemble = assemble::AssembleConfig {

@@ -35,6 +35,9 @@ pub struct ReadyConfig {
     pub marker: Option<regex::Regex>,
     /// Site keys already in the store.
     pub committed: HashSet<String>,
+    /// Open plates of the store started with another bundle, with that
+    /// bundle's sha256: a plate keeps the model it started with.
+    pub pinned_elsewhere: HashMap<String, String>,
 }
 
 struct Candidate {
@@ -116,7 +119,10 @@ pub async fn run(
                 None => return,
             },
             _ = interval.tick() => {
-                let due: Vec<PathBuf> = candidates.keys().cloned().collect();
+                // Oldest first, so "the first file of a channel" means the first to arrive.
+                let mut due: Vec<(Instant, PathBuf)> = candidates.iter().map(|(p, c)| (c.first_seen, p.clone())).collect();
+                due.sort();
+                let due = due.into_iter().map(|(_, p)| p);
                 for path in due {
                     if let Some(event) = check(&mut config, &journal, &mut candidates, &mut done, path).await
                         && tx.send(event).await.is_err()
@@ -183,6 +189,21 @@ async fn check(
         }
     };
     if config.committed.contains(&key.site.to_string()) {
+        finish(candidates, done);
+        return None;
+    }
+    if let Some(sha) = config.pinned_elsewhere.get(&key.site.plate) {
+        let reason = format!(
+            "plate {} was started with bundle {sha}; its sites are not embedded with another model (run that bundle to finish the plate)",
+            key.site.plate
+        );
+        // Recorded once per plate; its other files are skipped quietly.
+        if !sha.is_empty() {
+            journal.record(Event::Rejected, &key.site.plate, &reason);
+            config
+                .pinned_elsewhere
+                .insert(key.site.plate.clone(), String::new());
+        }
         finish(candidates, done);
         return None;
     }

@@ -46,14 +46,20 @@ pub fn noise(seed: u64) -> impl FnMut() -> f32 {
     }
 }
 
+/// The test bundle in `dir/bundle`.
 pub fn bundle(dir: &Path) -> PathBuf {
+    bundle_named(dir, "bundle", 1)
+}
+
+/// A bundle in `dir/name` with weights from `seed`.
+pub fn bundle_named(dir: &Path, name: &str, seed: u64) -> PathBuf {
     let spec = ModelSpec {
         arch: "resnet18".into(),
         encoder: ResNetSpec::resnet18(CHANNELS.len(), 4, false),
         embedding_dim: 8,
         classes: 3,
     };
-    let mut next = noise(1);
+    let mut next = noise(seed);
     let tensors: HashMap<String, (Vec<usize>, Vec<f32>)> = spec
         .tensors()
         .into_iter()
@@ -80,7 +86,7 @@ pub fn bundle(dir: &Path) -> PathBuf {
             (name, (shape, values))
         })
         .collect();
-    let out = dir.join("bundle");
+    let out = dir.join(name);
     write_classifier_bundle(
         &ClassifierExport {
             method: "erm".into(),
