@@ -238,3 +238,43 @@ fn an_open_plate_keeps_the_bundle_it_started_with() {
         "{e}"
     );
 }
+
+#[test]
+fn quarantine_can_move_files_aside_with_the_reason() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    bundle(tmp.path());
+    let config = tmp.path().join("daemon.toml");
+    std::fs::write(
+        &config,
+        "[daemon]\nbundle = \"bundle\"\nstore = \"out.zarr\"\n[daemon.naming]\npreset = \"imagexpress\"\n\
+         [daemon.watch]\nroots = [\"incoming\"]\npoll_interval = \"200ms\"\nsettle = \"100ms\"\n\
+         [daemon.quarantine]\nmode = \"move\"\ndir = \"quarantine\"\n",
+    )
+    .expect("config");
+    let bad = tmp.path().join("incoming/QP1/QP1_A01_s1_w9.tif");
+    write_tiff(&bad, 40, 40, 1);
+    let mut daemon = start(&config);
+    let moved = tmp.path().join("quarantine/QP1_A01_s1_w9.tif");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !moved.exists() {
+        assert!(Instant::now() < deadline, "not moved");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    daemon.kill().expect("stop");
+    daemon.wait().expect("reaped");
+    assert!(!bad.exists());
+    let note = std::fs::read_to_string(tmp.path().join("quarantine/QP1_A01_s1_w9.tif.reason.txt"))
+        .expect("note");
+    assert!(
+        note.contains("QP1_A01_s1_w9.tif") && note.contains("channel \"w9\""),
+        "{note}"
+    );
+    let ev = events(&tmp.path().join("out.zarr.events.jsonl"));
+    assert!(
+        ev[0]["subject"]
+            .as_str()
+            .is_some_and(|s| s.contains(" -> ")),
+        "{ev:?}"
+    );
+}

@@ -168,6 +168,16 @@ async fn check(
         candidates.remove(&path);
         done.insert(path.clone());
     };
+    if config
+        .quarantine
+        .dir
+        .as_ref()
+        .is_some_and(|d| path.starts_with(d))
+    {
+        // The quarantine folder may sit under a watched root.
+        finish(candidates, done);
+        return None;
+    }
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
