@@ -196,13 +196,7 @@ fn an_open_plate_keeps_the_bundle_it_started_with() {
             );
         }
     };
-    let rows = |plate: &str| -> u64 {
-        std::fs::read(tmp.path().join("out.zarr").join(plate).join("zarr.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v["consolidated_metadata"]["metadata"]["X"]["shape"][0].as_u64())
-            .unwrap_or(0)
-    };
+    let rows = |plate: &str| common::committed_rows(&tmp.path().join("out.zarr"), plate);
     let wait_for = |what: &dyn Fn() -> bool| {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !what() {

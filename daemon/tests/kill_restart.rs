@@ -18,7 +18,7 @@ use bfx_daemon::engine::Engine;
 use bfx_daemon::model_input::site_array;
 
 mod common;
-use common::{PLATES, SITES, acquisition, bundle, noise, python, start};
+use common::{PLATES, SITES, acquisition, bundle, committed_rows, noise, python, start};
 
 const LOADS: &str = r#"
 import sys, os, anndata
@@ -59,12 +59,7 @@ print(json.dumps(out))
 "#;
 
 fn committed(store: &Path) -> u64 {
-    PLATES
-        .iter()
-        .filter_map(|p| std::fs::read(store.join(p).join("zarr.json")).ok())
-        .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .filter_map(|v| v["consolidated_metadata"]["metadata"]["X"]["shape"][0].as_u64())
-        .sum()
+    PLATES.iter().map(|p| committed_rows(store, p)).sum()
 }
 
 #[test]

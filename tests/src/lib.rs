@@ -48,3 +48,48 @@ pub fn run_python(script: &str, args: &[&OsStr]) -> String {
     );
     String::from_utf8(out.stdout).expect("the fixture scripts print UTF-8")
 }
+
+/// Synthesize the `tiny` screen into `dir/screen` and train `method` on it
+/// for `steps` steps (width 8, embedding 16, 32x32 inputs) into `dir/run`;
+/// returns the run's configuration.
+pub fn tiny_run(dir: &Path, method: &str, steps: usize) -> bfx_config::TrainerConfig {
+    bfx_trainer::synth::generate(
+        bfx_trainer::synth::SynthPreset::Tiny,
+        &dir.join("screen"),
+        0,
+        bfx_core::naming::Preset::Imagexpress,
+        &indicatif::ProgressBar::hidden(),
+    )
+    .expect("tiny screen");
+    let text = format!(
+        r#"[trainer]
+out = "run"
+[trainer.data]
+root = "screen"
+manifest = "screen/manifest.csv"
+cache_dir = "cache"
+[trainer.preprocess]
+channels = ["w1", "w2", "w3", "w4"]
+normalization = {{ kind = "percentile", low = [100.0, 100.0, 100.0, 100.0], high = [5000.0, 2500.0, 5000.0, 3000.0], clip = false }}
+geometry = {{ kind = "resize", height = 32, width = 32 }}
+[trainer.model]
+width = 8
+embedding_dim = 16
+[trainer.method]
+name = "{method}"
+[trainer.optim]
+batch_size = 16
+steps = {steps}
+"#
+    );
+    let config = bfx_config::parse_trainer(&text, &dir.join("fit.toml")).expect("valid config");
+    bfx_trainer::fit::fit(
+        &config,
+        &candle_core::Device::Cpu,
+        false,
+        &std::sync::atomic::AtomicBool::new(false),
+        &indicatif::ProgressBar::hidden(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    config
+}

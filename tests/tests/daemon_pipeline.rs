@@ -5,13 +5,11 @@
 //! gives that site offline (1e-4), in correction modes `none` and `adabn`.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use bfx_config::daemon::InferenceConfig;
 use bfx_core::bundle::Bundle;
 use bfx_core::image::ReadOptions;
-use bfx_core::naming::Preset;
 use bfx_core::preprocess::SiteFiles;
 use bfx_daemon::engine::{Engine, PlateStats};
 use bfx_daemon::model_input::site_array;
@@ -22,44 +20,10 @@ const SITES_PER_PLATE: usize = 24;
 
 /// A tiny screen and a bundle trained on it for a few steps.
 fn screen_and_bundle(dir: &Path) -> (PathBuf, PathBuf) {
-    let screen = dir.join("screen");
-    bfx_trainer::synth::generate(
-        bfx_trainer::synth::SynthPreset::Tiny,
-        &screen,
-        0,
-        Preset::Imagexpress,
-        &indicatif::ProgressBar::hidden(),
-    )
-    .expect("tiny screen");
-    let text = r#"[trainer]
-out = "run"
-[trainer.data]
-root = "screen"
-manifest = "screen/manifest.csv"
-cache_dir = "cache"
-[trainer.preprocess]
-channels = ["w1", "w2", "w3", "w4"]
-normalization = { kind = "percentile", low = [100.0, 100.0, 100.0, 100.0], high = [5000.0, 2500.0, 5000.0, 3000.0], clip = false }
-geometry = { kind = "resize", height = 32, width = 32 }
-[trainer.model]
-width = 8
-embedding_dim = 16
-[trainer.optim]
-batch_size = 16
-steps = 10
-"#;
-    let config = bfx_config::parse_trainer(text, &dir.join("fit.toml")).expect("valid config");
-    bfx_trainer::fit::fit(
-        &config,
-        &candle_core::Device::Cpu,
-        false,
-        &AtomicBool::new(false),
-        &indicatif::ProgressBar::hidden(),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let config = bfx_tests::tiny_run(dir, "erm", 10);
     let bundle = dir.join("bundle");
     bfx_trainer::export::export(&config.out, &bundle, false).unwrap_or_else(|e| panic!("{e}"));
-    (screen, bundle)
+    (dir.join("screen"), bundle)
 }
 
 fn daemon_config(dir: &Path, bundle: &Path, mode: &str) -> bfx_config::DaemonConfig {

@@ -5,12 +5,10 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 
 use bfx_config::daemon::ExecutionProvider;
 use bfx_core::arch::{ModelSpec, ResNetSpec};
 use bfx_core::bundle::{Bundle, BundleError, CorrectionMode, Provenance};
-use bfx_core::naming::Preset;
 use bfx_core::preprocess::{Geometry, Normalization, PreprocessSpec};
 use bfx_daemon::runtime;
 use bfx_export::classifier::{EMBEDDING, IMAGE, LOGITS, mean_name, var_name};
@@ -345,51 +343,10 @@ fn instance_norm_bundles_match_candle() {
     check_parity(&model, &bundle);
 }
 
-/// A tiny screen and an ABRA run of a few steps on it, in `dir`.
-fn trained_abra_run(dir: &Path) -> std::path::PathBuf {
-    bfx_trainer::synth::generate(
-        bfx_trainer::synth::SynthPreset::Tiny,
-        &dir.join("screen"),
-        0,
-        Preset::Imagexpress,
-        &indicatif::ProgressBar::hidden(),
-    )
-    .expect("tiny screen");
-    let text = r#"[trainer]
-out = "run"
-[trainer.data]
-root = "screen"
-manifest = "screen/manifest.csv"
-cache_dir = "cache"
-[trainer.preprocess]
-channels = ["w1", "w2", "w3", "w4"]
-normalization = { kind = "percentile", low = [100.0, 100.0, 100.0, 100.0], high = [5000.0, 2500.0, 5000.0, 3000.0], clip = false }
-geometry = { kind = "resize", height = 32, width = 32 }
-[trainer.model]
-width = 8
-embedding_dim = 16
-[trainer.method]
-name = "abra"
-[trainer.optim]
-batch_size = 16
-steps = 12
-"#;
-    let config = bfx_config::parse_trainer(text, &dir.join("fit.toml")).expect("valid config");
-    bfx_trainer::fit::fit(
-        &config,
-        &Device::Cpu,
-        false,
-        &AtomicBool::new(false),
-        &indicatif::ProgressBar::hidden(),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    config.out
-}
-
 #[test]
 fn a_trained_abra_checkpoint_exports_to_a_bundle_that_matches_it() {
     let tmp = tempfile::tempdir().expect("temp dir");
-    let run = trained_abra_run(tmp.path());
+    let run = bfx_tests::tiny_run(tmp.path(), "abra", 12).out;
     let out = tmp.path().join("bundle");
     let bundle = bfx_trainer::export::export(&run, &out, false).unwrap_or_else(|e| panic!("{e}"));
     let m = &bundle.manifest;

@@ -154,3 +154,12 @@ pub fn write_tiff(path: &Path, w: u32, h: u32, seed: u64) {
     std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
     std::fs::write(path, bytes.into_inner()).expect("write");
 }
+
+/// Rows of `plate` committed in `store`, per the group's consolidated metadata (0 if none).
+pub fn committed_rows(store: &Path, plate: &str) -> u64 {
+    std::fs::read(store.join(plate).join("zarr.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["consolidated_metadata"]["metadata"]["X"]["shape"][0].as_u64())
+        .unwrap_or(0)
+}
