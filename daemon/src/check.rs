@@ -53,6 +53,27 @@ pub fn check_config(config: &DaemonConfig, skip_bundle: bool) -> Vec<Check> {
     for root in &config.watch.roots {
         checks.push(readable_dir("watch root", root));
     }
+    if let Some(path) = &config.plate.layout_csv {
+        checks.push(match crate::pipeline::layout::Layout::read(path) {
+            Ok(layout) => Check {
+                name: "plate layout",
+                ok: true,
+                detail: format!(
+                    "{}: {} plate(s) listed{}",
+                    path.display(),
+                    layout.per_plate.len(),
+                    layout.every_plate.map_or(String::new(), |n| format!(
+                        ", {n} sites for every other plate"
+                    ))
+                ),
+            },
+            Err(e) => Check {
+                name: "plate layout",
+                ok: false,
+                detail: e,
+            },
+        });
+    }
     if !skip_bundle {
         checks.push(bundle_check(config));
     }

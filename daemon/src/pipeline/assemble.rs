@@ -24,8 +24,10 @@ pub struct AssembleConfig {
     pub multi_page: bool,
     /// Incomplete sites are given up after this long.
     pub site_timeout: Duration,
-    /// Sites per plate, when known.
+    /// Sites per plate from the configuration, when known.
     pub expected_sites: Option<u64>,
+    /// Sites per plate from the layout CSV (takes precedence).
+    pub layout: Option<super::layout::Layout>,
     /// A plate with no new file this long closes.
     pub quiet_period: Duration,
     /// Sites of each plate already in the store (they count toward `expected_sites`).
@@ -190,7 +192,12 @@ fn accept(
     if let Some(site) = complete {
         plate.sites += 1;
         out.push(SiteMsg::Site(site));
-        if !plate.closed && config.expected_sites.is_some_and(|n| plate.sites >= n) {
+        let expected = config
+            .layout
+            .as_ref()
+            .and_then(|l| l.expected(&key.plate))
+            .or(config.expected_sites);
+        if !plate.closed && expected.is_some_and(|n| plate.sites >= n) {
             plate.closed = true;
             journal.record(
                 Event::PlateClosed,

@@ -12,6 +12,7 @@
 mod assemble;
 mod batch;
 mod embed;
+pub mod layout;
 mod ready;
 mod sink;
 mod watch;
@@ -291,6 +292,13 @@ pub async fn run(
         multi_page,
         site_timeout: config.assemble.site_timeout,
         expected_sites: config.plate.expected_sites,
+        layout: config
+            .plate
+            .layout_csv
+            .as_deref()
+            .map(layout::Layout::read)
+            .transpose()
+            .map_err(|e| PipelineError::Config(format!("daemon.plate.layout_csv: {e}")))?,
         quiet_period: config.plate.quiet_period,
         committed: per_plate,
     };
