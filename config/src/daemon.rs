@@ -262,7 +262,9 @@ pub struct PlateConfig {
     pub completion_marker: Option<String>,
     /// Sites per plate; the plate closes when all are embedded.
     pub expected_sites: Option<u64>,
-    /// CSV with columns `plate,well` (or `well` for every plate) listing imaged wells.
+    /// CSV listing imaged wells: column `well`, optional `plate` (rows
+    /// without one apply to every plate) and `sites` (sites per well,
+    /// default 1); a plate closes when all its sites are embedded.
     pub layout_csv: Option<PathBuf>,
     /// A plate with no new file for this long closes (default 30m).
     #[serde(with = "humantime_serde")]

@@ -12,3 +12,4 @@ pub mod pipeline;
 pub mod replay;
 pub mod runtime;
 pub mod store;
+pub mod telemetry;

@@ -265,7 +265,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report(&e));
             ExitCode::FAILURE
         }
     }
@@ -663,4 +663,19 @@ fn progress_bar(what: &'static str) -> ProgressBar {
     );
     bar.set_message(what);
     bar
+}
+
+/// The error and its causes on one line, leaving out a cause whose text
+/// an outer message already includes (library errors often name their
+/// source in their own message).
+fn report(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use super::{CompleteSite, FileEvent, ReadyFile, SiteMsg};
 use crate::journal::{Event, Journal};
+use crate::telemetry;
 
 /// What the stage needs to know.
 pub struct AssembleConfig {
@@ -66,6 +67,7 @@ pub async fn run(
             event = rx.recv() => match event {
                 Some(FileEvent::Image(file)) => {
                     if assembled.contains(&file.key.site) {
+                        metrics::counter!(telemetry::FILES_REJECTED, "reason" => "duplicate").increment(1);
                         journal.record(
                             Event::Duplicate,
                             &file.path.display().to_string(),
@@ -101,6 +103,8 @@ pub async fn run(
                     .collect();
                 for key in expired {
                     if let Some(p) = partial.remove(&key) {
+                        metrics::counter!(telemetry::SITES_INCOMPLETE).increment(1);
+                        metrics::counter!(telemetry::FILES_REJECTED, "reason" => "incomplete_site").increment(p.files.len() as u64);
                         let missing: Vec<&String> = config.channels.iter().filter(|c| !p.files.contains_key(*c)).collect();
                         journal.record(Event::Incomplete, &key.to_string(), &format!("missing channels {missing:?} after {:?}", config.site_timeout));
                     }
@@ -146,6 +150,7 @@ fn accept(
             key: key.clone(),
             acquired: file.modified,
             files: vec![(file.path.clone(), file.planes)],
+            ready_at: Instant::now(),
         })
     } else {
         let entry = partial.entry(key.clone()).or_insert_with(|| Partial {
@@ -153,6 +158,7 @@ fn accept(
             first: Instant::now(),
         });
         if let Some(first) = entry.files.get(&file.key.channel) {
+            metrics::counter!(telemetry::FILES_REJECTED, "reason" => "duplicate").increment(1);
             journal.record(
                 Event::Duplicate,
                 &file.path.display().to_string(),
@@ -183,6 +189,7 @@ fn accept(
                     key: key.clone(),
                     acquired,
                     files,
+                    ready_at: Instant::now(),
                 }
             })
         } else {
@@ -190,6 +197,7 @@ fn accept(
         }
     };
     if let Some(site) = complete {
+        metrics::counter!(telemetry::SITES_ASSEMBLED).increment(1);
         plate.sites += 1;
         out.push(SiteMsg::Site(site));
         let expected = config

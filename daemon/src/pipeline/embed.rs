@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use bfx_core::bundle::CorrectionMode;
 use bfx_core::image::ReadOptions;
@@ -26,6 +26,7 @@ use crate::engine::{Engine, EngineError, PlateStats};
 use crate::journal::{Event, Journal};
 use crate::model_input::to_array;
 use crate::store::{Row, RowStatus};
+use crate::telemetry;
 
 /// What the stage needs to know.
 pub struct EmbedConfig {
@@ -57,6 +58,7 @@ pub struct AdabnPlate {
 }
 
 struct Input {
+    ready_at: Instant,
     key: SiteKey,
     paths: Vec<PathBuf>,
     acquired: SystemTime,
@@ -124,6 +126,7 @@ impl EmbedStage {
     }
 
     fn batch(&mut self, plate: &str, sites: Vec<CompleteSite>) -> Vec<SinkMsg> {
+        let started = Instant::now();
         let inputs: Vec<Input> = sites
             .into_iter()
             .filter_map(|site| {
@@ -137,9 +140,13 @@ impl EmbedStage {
                         paths: site.files.iter().map(|(p, _)| p.clone()).collect(),
                         key: site.key,
                         acquired: site.acquired,
+                        ready_at: site.ready_at,
                         input: to_array(input),
                     }),
                     Err(e) => {
+                        metrics::counter!(telemetry::SITES_REJECTED).increment(1);
+                        metrics::counter!(telemetry::FILES_REJECTED, "reason" => "bad_site")
+                            .increment(site.files.len() as u64);
                         self.journal
                             .record(Event::Rejected, &site.key.to_string(), &e.to_string());
                         None
@@ -163,16 +170,22 @@ impl EmbedStage {
             Ok(r) => r,
             Err(e) => return self.fail(plate, e),
         };
+        metrics::counter!(telemetry::BATCHES).increment(1);
+        metrics::histogram!(telemetry::BATCH_SIZE).record(inputs.len() as f64);
+        metrics::histogram!(telemetry::INFERENCE_SECONDS).record(started.elapsed().as_secs_f64());
         let rows = inputs
             .into_iter()
             .zip(embeddings.rows())
-            .map(|(i, e)| Row {
-                key: i.key,
-                paths: i.paths,
-                acquired: i.acquired,
-                correction: mode,
-                status,
-                embedding: e.to_vec(),
+            .map(|(i, e)| {
+                let row = Row {
+                    key: i.key,
+                    paths: i.paths,
+                    acquired: i.acquired,
+                    correction: mode,
+                    status,
+                    embedding: e.to_vec(),
+                };
+                (row, i.ready_at)
             })
             .collect();
         before.push(SinkMsg::Rows(rows));

@@ -14,6 +14,7 @@ mod batch;
 mod embed;
 pub mod layout;
 mod ready;
+mod service;
 mod sink;
 mod watch;
 
@@ -36,6 +37,7 @@ use crate::engine::{Engine, EngineError, PlateStats};
 use crate::journal::Journal;
 use crate::runtime::{self, RuntimeError};
 use crate::store::{PlateInfo, Row, Store, StoreError};
+use crate::telemetry::{self, Health};
 
 /// A file that is ready: decoded planes and what its name says.
 pub struct ReadyFile {
@@ -65,6 +67,8 @@ pub struct CompleteSite {
     pub acquired: SystemTime,
     /// `(path, planes)` in the bundle's channel order.
     pub files: Vec<(PathBuf, Vec<Plane>)>,
+    /// When its last file was ready (end-to-end latency starts here).
+    pub ready_at: std::time::Instant,
 }
 
 /// Assemble stage output.
@@ -85,8 +89,8 @@ pub enum BatchMsg {
 
 /// Embed stage output.
 pub enum SinkMsg {
-    /// New rows.
-    Rows(Vec<Row>),
+    /// New rows, each with the moment its site was complete.
+    Rows(Vec<(Row, std::time::Instant)>),
     /// Final embeddings of rows stored as provisional.
     Update(Vec<(SiteKey, Vec<f32>)>),
     /// A plate's final AdaBN statistics (layer means and variances, flattened).
@@ -199,6 +203,16 @@ pub async fn run(
     config: DaemonConfig,
     shutdown: signal::Receiver<bool>,
 ) -> Result<RunSummary, PipelineError> {
+    let handle = telemetry::install();
+    let health = Health::new();
+    health.tick();
+    let http = config.http.listen;
+    let server = telemetry::serve(http, handle, health.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(address = %http, error = %e, "cannot serve /metrics, /healthz, /readyz (daemon.http.listen)");
+        }
+    });
     let rt = runtime::init(
         config.inference.onnxruntime_library.as_deref(),
         config.inference.execution_provider,
@@ -221,6 +235,10 @@ pub async fn run(
         ));
     }
     let engine = Engine::load(rt, bundle.clone(), &config.inference)?;
+    let provider = format!("{:?}", engine.provider).to_lowercase();
+    metrics::gauge!(telemetry::PROVIDER_INFO, "provider" => provider).set(1.0);
+    let mode_name = crate::store::correction_name(mode);
+    metrics::gauge!(telemetry::MODEL_INFO, "method" => bundle.manifest.method.clone(), "sha256" => bundle.sha256.clone(), "mode" => mode_name).set(1.0);
     let store = tokio::task::block_in_place(|| {
         Store::open(
             &config.store,
@@ -274,6 +292,18 @@ pub async fn run(
     let (batches_tx, batches_rx) = mpsc::channel(cap);
     let (rows_tx, rows_rx) = mpsc::channel(cap);
 
+    let queues: Vec<(&'static str, service::QueueProbe)> = vec![
+        ("ready", service::probe(&paths_tx)),
+        ("assemble", service::probe(&files_tx)),
+        ("batch", service::probe(&sites_tx)),
+        ("embed", service::probe(&batches_tx)),
+        ("sink", service::probe(&rows_tx)),
+    ];
+    tokio::spawn(service::health_loop(
+        health.clone(),
+        queues,
+        shutdown.clone(),
+    ));
     tokio::spawn(watch::run(config.watch.clone(), paths_tx, shutdown));
     let ready = ready::ReadyConfig {
         settle: config.watch.settle,
@@ -330,7 +360,14 @@ pub async fn run(
         store,
         info,
         commit: config.commit.clone(),
+        health: health.clone(),
+        staged: Vec::new(),
     };
+    health
+        .started
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    service::notify(&[sd_notify::NotifyState::Ready]);
+    tracing::info!(bundle = %config.bundle.display(), store = %config.store.display(), "ready");
     let store = tokio::spawn(sink.run(rows_rx))
         .await
         .map_err(|e| PipelineError::Config(format!("the sink stage failed: {e}")))?;

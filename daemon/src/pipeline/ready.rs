@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 
 use super::{FileEvent, ReadyFile};
 use crate::journal::{Event, Journal};
+use crate::telemetry;
 
 /// What the stage needs to know.
 pub struct ReadyConfig {
@@ -47,6 +48,14 @@ struct Candidate {
     first_seen: Instant,
     attempts: u32,
     next_try: Instant,
+}
+
+fn skipped(reason: &'static str) {
+    metrics::counter!(telemetry::FILES_SKIPPED, "reason" => reason).increment(1);
+}
+
+fn rejected(reason: &'static str) {
+    metrics::counter!(telemetry::FILES_REJECTED, "reason" => reason).increment(1);
 }
 
 /// A glob (`*`, `?`) as an anchored regex over a file name.
@@ -149,11 +158,20 @@ async fn check(
         Err(e) => {
             // Vanished (renamed by the instrument, or deleted): nothing to use.
             tracing::debug!(path = %path.display(), error = %e, "file gone before it was read");
+            skipped("vanished");
             candidates.remove(&path);
             return None;
         }
     };
+    if !meta.is_file() {
+        // Folders (and anything else) come through events too; only files are images.
+        candidates.remove(&path);
+        return None;
+    }
     let c = candidates.get_mut(&path)?;
+    if c.len == u64::MAX {
+        metrics::counter!(telemetry::FILES_SEEN).increment(1);
+    }
     let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
     if meta.len() != c.len || modified != c.modified {
         c.len = meta.len();
@@ -175,6 +193,7 @@ async fn check(
         .is_some_and(|d| path.starts_with(d))
     {
         // The quarantine folder may sit under a watched root.
+        skipped("quarantine_folder");
         finish(candidates, done);
         return None;
     }
@@ -183,22 +202,26 @@ async fn check(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     if config.marker.as_ref().is_some_and(|m| m.is_match(&name)) {
+        skipped("completion_marker");
         finish(candidates, done);
         return Some(FileEvent::Marker(path));
     }
     let key = match config.naming.parse(&path) {
         Ok(key) => key,
         Err(NamingError::NotAcquired { .. }) => {
+            skipped("not_acquired");
             finish(candidates, done);
             return None;
         }
         Err(e) => {
+            rejected("naming");
             quarantine(&config.quarantine, journal, &path, &e.to_string());
             finish(candidates, done);
             return None;
         }
     };
     if config.committed.contains(&key.site.to_string()) {
+        skipped("already_stored");
         finish(candidates, done);
         return None;
     }
@@ -207,6 +230,7 @@ async fn check(
             "plate {} was started with bundle {sha}; its sites are not embedded with another model (run that bundle to finish the plate)",
             key.site.plate
         );
+        rejected("pinned_bundle");
         // Recorded once per plate; its other files are skipped quietly.
         if !sha.is_empty() {
             journal.record(Event::Rejected, &key.site.plate, &reason);
@@ -223,6 +247,7 @@ async fn check(
             "channel {:?} is not one of the bundle's channels {:?}",
             key.channel, config.channels
         );
+        rejected("channel");
         quarantine(&config.quarantine, journal, &path, &reason);
         finish(candidates, done);
         return None;
@@ -247,6 +272,7 @@ async fn check(
         Err(reason) => {
             let c = candidates.get_mut(&path)?;
             if now.duration_since(c.first_seen) >= config.read_deadline {
+                rejected("unreadable");
                 quarantine(&config.quarantine, journal, &path, &reason);
                 finish(candidates, done);
             } else {

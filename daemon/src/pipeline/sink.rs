@@ -4,13 +4,16 @@
 //! commit that fails (disk full, store unwritable) leaves the rows staged
 //! and is tried again; the daemon does not stop.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use bfx_config::daemon::CommitConfig;
 use tokio::sync::mpsc;
 
 use super::SinkMsg;
 use crate::store::{PlateInfo, RowStatus, Store, StoreError};
+use crate::telemetry::{self, Health};
 
 /// The stage.
 pub struct Sink {
@@ -20,6 +23,10 @@ pub struct Sink {
     pub info: PlateInfo,
     /// Commit policy.
     pub commit: CommitConfig,
+    /// Health state (`/readyz` reports a store that refuses commits).
+    pub health: Arc<Health>,
+    /// Staged new rows: when their site was complete, and their status.
+    pub staged: Vec<(Instant, RowStatus)>,
 }
 
 impl Sink {
@@ -53,9 +60,9 @@ impl Sink {
     fn apply(&mut self, msg: SinkMsg) -> bool {
         match msg {
             SinkMsg::Rows(rows) => {
-                for row in rows {
+                for (row, ready_at) in rows {
                     match self.store.stage(&row, &self.info) {
-                        Ok(_) => {}
+                        Ok(_) => self.staged.push((ready_at, row.status)),
                         Err(StoreError::Duplicate(site)) => {
                             tracing::warn!(site, "site already stored; kept the stored row")
                         }
@@ -89,11 +96,44 @@ impl Sink {
         }
     }
 
+    /// Rows by status and open plates, from the store.
+    fn gauges(&self) {
+        let (mut provisional, mut fin, mut open) = (0u64, 0u64, 0u64);
+        for table in self.store.plates().values() {
+            if !table.complete() {
+                open += 1;
+            }
+            for row in &table.rows[..table.committed] {
+                match row.status {
+                    RowStatus::Provisional => provisional += 1,
+                    RowStatus::Final => fin += 1,
+                }
+            }
+        }
+        metrics::gauge!(telemetry::ROWS, "status" => "provisional").set(provisional as f64);
+        metrics::gauge!(telemetry::ROWS, "status" => "final").set(fin as f64);
+        metrics::gauge!(telemetry::OPEN_PLATES).set(open as f64);
+    }
+
     /// Commit what is staged; false if it failed.
     fn try_commit(&mut self, was_failing: bool) -> bool {
+        let started = Instant::now();
         let result = tokio::task::block_in_place(|| self.store.commit());
         match result {
             Ok(n) => {
+                metrics::histogram!(telemetry::COMMIT_SECONDS)
+                    .record(started.elapsed().as_secs_f64());
+                self.health
+                    .embedded
+                    .fetch_add(self.staged.len() as u64, Ordering::Relaxed);
+                for (ready_at, status) in self.staged.drain(..) {
+                    metrics::histogram!(telemetry::SITE_LATENCY_SECONDS)
+                        .record(ready_at.elapsed().as_secs_f64());
+                    metrics::counter!(telemetry::SITES_EMBEDDED, "status" => status.as_str())
+                        .increment(1);
+                }
+                self.health.store_writable.store(true, Ordering::Relaxed);
+                self.gauges();
                 if was_failing {
                     tracing::warn!("the store is writable again; commits resumed");
                 }
@@ -103,6 +143,8 @@ impl Sink {
                 true
             }
             Err(e) => {
+                metrics::counter!(telemetry::COMMIT_FAILURES).increment(1);
+                self.health.store_writable.store(false, Ordering::Relaxed);
                 tracing::error!(error = %e, pending = self.store.pending(), "commit failed; rows stay staged and are retried");
                 if let Err(e) = self.store.clean_temporary() {
                     tracing::error!(error = %e, "cannot clean temporary files of the failed commit");

@@ -133,14 +133,45 @@ pub fn acquisition(dir: &Path) -> PathBuf {
     root
 }
 
-pub fn start(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_bfx-daemon"))
+pub fn start(config: &Path) -> Daemon {
+    let child = Command::new(env!("CARGO_BIN_EXE_bfx-daemon"))
         .args(["run", "--config"])
         .arg(config)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        // BFX_TEST_DAEMON_LOG=1 shows the daemon's log when a test fails.
+        .stderr(if std::env::var_os("BFX_TEST_DAEMON_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .spawn()
-        .expect("bfx-daemon starts")
+        .expect("bfx-daemon starts");
+    Daemon { child }
+}
+
+/// A running `bfx-daemon`, killed when dropped so a failing test leaves
+/// no daemon behind.
+pub struct Daemon {
+    child: Child,
+}
+
+impl Daemon {
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// A 16-bit TIFF of `w` x `h` noise.
