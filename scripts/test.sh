@@ -16,6 +16,15 @@ for component in fmt clippy; do
   }
 done
 
+if ! command -v systemd-analyze >/dev/null; then
+  echo "==> systemd-analyze (checks the shipped unit file)"
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get install -y --no-install-recommends systemd >/dev/null
+  else
+    echo "test.sh: systemd-analyze is required: install Debian's 'systemd' package" >&2
+    exit 1
+  fi
+fi
 echo "==> ONNX Runtime"
 scripts/fetch-onnxruntime.sh
 echo "==> Test venv"

@@ -1,8 +1,9 @@
-//! `bfx-daemon run` killed with SIGKILL at several moments of a replay and
-//! restarted: at the end every site is in the store exactly once with the
-//! embedding the bundle gives it offline, the store loads with anndata
-//! after every kill, and a Python reader calling `anndata.read_zarr` in a
-//! loop through all of it never fails.
+//! `bfx-daemon run` killed with SIGKILL (once stopped with SIGTERM, which
+//! must drain and exit 0) at several moments of a replay and restarted: at
+//! the end every site is in the store exactly once with the embedding the
+//! bundle gives it offline, the store loads with anndata after every stop,
+//! and a Python reader calling `anndata.read_zarr` in a loop through all
+//! of it never fails.
 //!
 //! The bundle is written by bfx-export from seeded weights and the images
 //! by the tiff encoder, so the daemon's tests need no trainer (no Candle).
@@ -101,7 +102,13 @@ fn kill_9_and_restart_lose_and_duplicate_nothing() {
     let mut next = noise(3);
     for kill in 0..6 {
         std::thread::sleep(Duration::from_millis(300 + (next() * 900.0) as u64));
-        daemon.kill();
+        if kill == 2 {
+            // One graceful stop among the kills: it drains, commits and exits 0.
+            let status = daemon.terminate(Duration::from_secs(30));
+            assert!(status.is_some_and(|s| s.success()), "SIGTERM: {status:?}");
+        } else {
+            daemon.kill();
+        }
         let out = Command::new(python())
             .arg("-c")
             .arg(LOADS)
