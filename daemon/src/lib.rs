@@ -5,6 +5,7 @@
 //! wires them together.
 
 pub mod check;
+pub mod doctor;
 pub mod engine;
 pub mod journal;
 pub mod model_input;

@@ -33,6 +33,14 @@ enum Command {
         #[arg(long)]
         skip_bundle: bool,
     },
+    /// Check everything a long unattended run needs: configuration, ONNX
+    /// Runtime and its execution providers, bundle, acquisition roots, a
+    /// writable store, free disk space and the inotify watch limit.
+    Doctor {
+        /// Configuration file with a [daemon] table.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Run the service: watch the acquisition folders and write embeddings
     /// to the store until SIGINT or SIGTERM, then drain and commit.
     Run {
@@ -77,6 +85,18 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Doctor { config } => {
+            let config = bfx_config::load_daemon(&config).context("invalid configuration")?;
+            let checks = bfx_daemon::doctor::doctor(&config);
+            for check in &checks {
+                println!("{check}");
+            }
+            Ok(if checks.iter().all(|c| c.ok) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Run { config } => {
             let config = bfx_config::load_daemon(&config).context("invalid configuration")?;
             let timeout = config.shutdown_timeout;
