@@ -66,6 +66,10 @@ echo "==> Export the model as a bundle for the daemon"
 echo "==> Daemon: embed the held-out plates while they are replayed as a microscope writes them"
 rm -rf "$demo/incoming" "$demo/embeddings.zarr" "$demo/embeddings.zarr.events.jsonl"
 mkdir -p "$demo/incoming"
+held_out=$(python3 -c 'import json, sys; print(" ".join(json.load(open(sys.argv[1]))["held_out"]))' "$demo/run/last.json")
+# Every synthetic plate has the same number of sites: a plate is complete
+# (AdaBN statistics final) once they are all in.
+per_plate=$(find "$demo/screen/$(echo "$held_out" | cut -d' ' -f1)" -name '*_w1.tif' | wc -l)
 cat > "$demo/daemon.toml" <<TOML
 # Written by scripts/demo.sh.
 [daemon]
@@ -81,6 +85,8 @@ settle = "300ms"
 [daemon.correction]
 mode = "adabn"
 adabn_min_sites = 32
+[daemon.plate]
+expected_sites = $per_plate
 [daemon.commit]
 max_interval = "1s"
 TOML
@@ -88,7 +94,6 @@ TOML
 "$bin/bfx-daemon" run --config "$demo/daemon.toml" 2> "$demo/daemon.log" &
 daemon_pid=$!
 trap 'kill "$daemon_pid" 2>/dev/null || true' EXIT
-held_out=$(python3 -c 'import json, sys; print(" ".join(json.load(open(sys.argv[1]))["held_out"]))' "$demo/run/last.json")
 expected=0
 for plate in $held_out; do
   "$bin/bfx-daemon" replay "$demo/screen/$plate" "$demo/incoming/$plate" --rate 500
@@ -107,10 +112,12 @@ for plate in sys.argv[2:]:
 print(total)
 PY
 }
+closed() { grep -c '"event":"plate-closed"' "$demo/embeddings.zarr.events.jsonl" 2>/dev/null || true; }
 for _ in $(seq 300); do
-  [ "$(stored $held_out)" -ge "$expected" ] && break
+  [ "$(stored $held_out)" -ge "$expected" ] && [ "$(closed)" -ge "$(echo $held_out | wc -w)" ] && break
   sleep 1
 done
+# SIGTERM drains the pipeline: the plates' final statistics are committed before it exits.
 kill -TERM "$daemon_pid"
 wait "$daemon_pid" || true
 trap - EXIT

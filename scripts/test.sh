@@ -16,12 +16,18 @@ for component in fmt clippy; do
   }
 done
 
-if ! command -v systemd-analyze >/dev/null; then
-  echo "==> systemd-analyze (checks the shipped unit file)"
+# System tools the daemon's tests use: systemd-analyze (the unit file) and
+# Prometheus with promtool (a real scrape, the alert rules).
+missing=()
+command -v systemd-analyze >/dev/null || missing+=(systemd)
+command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> Debian packages: ${missing[*]}"
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get install -y --no-install-recommends systemd >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null ||
+      { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; }
   else
-    echo "test.sh: systemd-analyze is required: install Debian's 'systemd' package" >&2
+    echo "test.sh: install Debian's packages: ${missing[*]}" >&2
     exit 1
   fi
 fi

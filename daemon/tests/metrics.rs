@@ -3,25 +3,10 @@
 //! as part of a site, refused, skipped, or still pending), and the info
 //! gauges name the model in use.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{PLATES, SITES, acquisition, bundle, start, write_tiff};
-
-/// `(status code, body)` of GET `path`, or None while nothing listens.
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    Some((code, body))
-}
+use common::{PLATES, SITES, acquisition, bundle, free_port, get, start, write_tiff};
 
 /// Sum of every sample of metric `name` whose labels contain `filter`.
 fn sum(metrics: &str, name: &str, filter: &str) -> f64 {
@@ -42,10 +27,7 @@ fn counters_add_up_during_a_replay() {
     std::fs::write(source.join("KP1/notes.txt"), b"not an image").expect("write");
     write_tiff(&source.join("KP2/KP2_A01_s1_w7.tif"), 40, 40, 9);
     write_tiff(&source.join("KP2/KP2_A01_s1_w1_thumb.tif"), 10, 10, 9);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = free_port();
     let config = tmp.path().join("daemon.toml");
     std::fs::write(
         &config,
