@@ -97,8 +97,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Command::Run { config } => {
-            let config = bfx_config::load_daemon(&config).context("invalid configuration")?;
+        Command::Run { config: path } => {
+            let config = bfx_config::load_daemon(&path).context("invalid configuration")?;
             let timeout = config.shutdown_timeout;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -106,7 +106,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("cannot start the async runtime")?;
             runtime.block_on(async move {
                 let (stop, shutdown) = tokio::sync::watch::channel(false);
-                let mut daemon = tokio::spawn(bfx_daemon::pipeline::run(config, shutdown));
+                let (hup_tx, hup) = tokio::sync::mpsc::channel(1);
+                let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                    .context("cannot listen for SIGHUP")?;
+                tokio::spawn(async move {
+                    while hangups.recv().await.is_some() {
+                        tracing::info!("SIGHUP: reloading the configuration and bundle");
+                        // A reload already queued covers this one too.
+                        let _ = hup_tx.try_send(());
+                    }
+                });
+                let mut daemon = tokio::spawn(bfx_daemon::pipeline::run_reloading(config, Some(path), shutdown, hup));
                 let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                     .context("cannot listen for SIGTERM")?;
                 let finished = tokio::select! {

@@ -25,7 +25,7 @@ use super::{BatchMsg, CompleteSite, SinkMsg};
 use crate::engine::{Engine, EngineError, PlateStats};
 use crate::journal::{Event, Journal};
 use crate::model_input::to_array;
-use crate::store::{Row, RowStatus};
+use crate::store::{PlateInfo, Row, RowStatus};
 use crate::telemetry;
 
 /// What the stage needs to know.
@@ -90,8 +90,15 @@ fn digest(key: &SiteKey) -> String {
 pub struct EmbedStage {
     /// Settings.
     pub config: EmbedConfig,
-    /// The bundle's sessions.
+    /// The sessions of the bundle the plate being processed uses.
     pub engine: Engine,
+    /// Bundles loaded by reloads (and the start-up one while another is
+    /// swapped in): a plate keeps the bundle it started with.
+    pub others: Vec<Engine>,
+    /// The bundle (manifest sha256) each plate started with.
+    pub plate_bundle: HashMap<String, String>,
+    /// The bundle new plates start with.
+    pub current: String,
     /// The event record.
     pub journal: Arc<Journal>,
     /// AdaBN plates (restored from the store at start-up).
@@ -101,12 +108,31 @@ pub struct EmbedStage {
 impl EmbedStage {
     /// Run until `rx` closes. Inference blocks, so it runs in place of the
     /// runtime worker (`block_in_place`) and other stages keep going.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<BatchMsg>, tx: mpsc::Sender<SinkMsg>) {
-        while let Some(msg) = rx.recv().await {
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<BatchMsg>,
+        mut reloads: mpsc::Receiver<Engine>,
+        tx: mpsc::Sender<SinkMsg>,
+    ) {
+        loop {
+            let msg = tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(msg) => msg,
+                    None => return,
+                },
+                Some(engine) = reloads.recv() => {
+                    self.current = engine.bundle().sha256.clone();
+                    tracing::info!(bundle = %self.current, "new plates use the reloaded bundle; open plates keep theirs");
+                    self.others.push(engine);
+                    continue;
+                }
+            };
             let out = tokio::task::block_in_place(|| match msg {
-                BatchMsg::Batch(plate, sites) => self.batch(&plate, sites),
+                BatchMsg::Batch(plate, sites) => {
+                    self.with_plate_engine(&plate, |s| s.batch(&plate, sites))
+                }
                 BatchMsg::Close(plate) => {
-                    let mut out = self.finalize(&plate);
+                    let mut out = self.with_plate_engine(&plate, |s| s.finalize(&plate));
                     out.push(SinkMsg::Close(plate));
                     out
                 }
@@ -116,6 +142,31 @@ impl EmbedStage {
                     return;
                 }
             }
+        }
+    }
+
+    /// Run `f` with `self.engine` being the bundle `plate` started with
+    /// (new plates start with the current one).
+    fn with_plate_engine<R>(&mut self, plate: &str, f: impl FnOnce(&mut Self) -> R) -> R {
+        let sha = self
+            .plate_bundle
+            .entry(plate.to_string())
+            .or_insert_with(|| self.current.clone())
+            .clone();
+        if self.engine.bundle().sha256 != sha
+            && let Some(i) = self.others.iter().position(|e| e.bundle().sha256 == sha)
+        {
+            std::mem::swap(&mut self.engine, &mut self.others[i]);
+        }
+        f(self)
+    }
+
+    /// Who embedded a plate's rows.
+    fn info(&self) -> PlateInfo {
+        PlateInfo {
+            bundle_sha256: self.engine.bundle().sha256.clone(),
+            method: self.engine.bundle().manifest.method.clone(),
+            correction: self.config.mode,
         }
     }
 
@@ -188,7 +239,7 @@ impl EmbedStage {
                 (row, i.ready_at)
             })
             .collect();
-        before.push(SinkMsg::Rows(rows));
+        before.push(SinkMsg::Rows(rows, self.info()));
         // Updates of earlier rows follow the new rows (they may be in the same commit).
         before.rotate_right(1);
         before

@@ -14,6 +14,7 @@ mod batch;
 mod embed;
 pub mod layout;
 mod ready;
+mod reload;
 mod service;
 mod sink;
 mod watch;
@@ -89,8 +90,9 @@ pub enum BatchMsg {
 
 /// Embed stage output.
 pub enum SinkMsg {
-    /// New rows, each with the moment its site was complete.
-    Rows(Vec<(Row, std::time::Instant)>),
+    /// New rows, each with the moment its site was complete, and the
+    /// bundle that embedded them.
+    Rows(Vec<(Row, std::time::Instant)>, PlateInfo),
     /// Final embeddings of rows stored as provisional.
     Update(Vec<(SiteKey, Vec<f32>)>),
     /// A plate's final AdaBN statistics (layer means and variances, flattened).
@@ -202,6 +204,18 @@ fn site_key(index: &str, plate: &str) -> Result<SiteKey, String> {
 pub async fn run(
     config: DaemonConfig,
     shutdown: signal::Receiver<bool>,
+) -> Result<RunSummary, PipelineError> {
+    let (_, hup) = mpsc::channel(1);
+    run_reloading(config, None, shutdown, hup).await
+}
+
+/// [`run`], and on each message of `hup` read the configuration file
+/// `path` again and switch new plates to its bundle (see [`reload`]).
+pub async fn run_reloading(
+    config: DaemonConfig,
+    path: Option<PathBuf>,
+    shutdown: signal::Receiver<bool>,
+    hup: mpsc::Receiver<()>,
 ) -> Result<RunSummary, PipelineError> {
     let handle = telemetry::install();
     let health = Health::new();
@@ -339,7 +353,30 @@ pub async fn run(
         sites_rx,
         batches_tx,
     ));
+    let (reload_tx, reload_rx) = mpsc::channel(1);
+    if let Some(path) = path {
+        tokio::spawn(reload::run(
+            path,
+            config.clone(),
+            bundle.clone(),
+            hup,
+            reload_tx,
+        ));
+    }
+    let open_plates = store
+        .plates()
+        .values()
+        .filter(|t| !t.complete())
+        .filter_map(|t| {
+            t.uns
+                .get("plate")
+                .map(|p| (p.clone(), bundle.sha256.clone()))
+        })
+        .collect();
     let stage = embed::EmbedStage {
+        others: Vec::new(),
+        plate_bundle: open_plates,
+        current: bundle.sha256.clone(),
         config: embed::EmbedConfig {
             mode,
             min_sites: config.correction.adabn_min_sites,
@@ -350,15 +387,9 @@ pub async fn run(
         journal: journal.clone(),
         plates: adabn,
     };
-    tokio::spawn(stage.run(batches_rx, rows_tx));
-    let info = PlateInfo {
-        bundle_sha256: bundle.sha256.clone(),
-        method: bundle.manifest.method.clone(),
-        correction: mode,
-    };
+    tokio::spawn(stage.run(batches_rx, reload_rx, rows_tx));
     let sink = sink::Sink {
         store,
-        info,
         commit: config.commit.clone(),
         health: health.clone(),
         staged: Vec::new(),

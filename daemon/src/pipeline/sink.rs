@@ -12,15 +12,13 @@ use bfx_config::daemon::CommitConfig;
 use tokio::sync::mpsc;
 
 use super::SinkMsg;
-use crate::store::{PlateInfo, RowStatus, Store, StoreError};
+use crate::store::{RowStatus, Store, StoreError};
 use crate::telemetry::{self, Health};
 
 /// The stage.
 pub struct Sink {
     /// The store.
     pub store: Store,
-    /// What every plate records.
-    pub info: PlateInfo,
     /// Commit policy.
     pub commit: CommitConfig,
     /// Health state (`/readyz` reports a store that refuses commits).
@@ -59,9 +57,9 @@ impl Sink {
     /// Apply a message; true when a plate closed (commit at once).
     fn apply(&mut self, msg: SinkMsg) -> bool {
         match msg {
-            SinkMsg::Rows(rows) => {
+            SinkMsg::Rows(rows, info) => {
                 for (row, ready_at) in rows {
-                    match self.store.stage(&row, &self.info) {
+                    match self.store.stage(&row, &info) {
                         Ok(_) => self.staged.push((ready_at, row.status)),
                         Err(StoreError::Duplicate(site)) => {
                             tracing::warn!(site, "site already stored; kept the stored row")
