@@ -57,6 +57,15 @@ impl PlateStats {
         out
     }
 
+    /// The statistics a plate's `uns.adabn_stats` holds (the JSON of
+    /// [`PlateStats::flatten`]) for the bundle's BatchNorm layers; `None`
+    /// when empty or not of that shape.
+    pub fn from_uns(text: &str, layers: &[bfx_core::bundle::NormLayer]) -> Option<PlateStats> {
+        let flat: Vec<f32> = serde_json::from_str(text).ok()?;
+        let channels: Vec<usize> = layers.iter().map(|l| l.channels).collect();
+        PlateStats::unflatten(&flat, &channels)
+    }
+
     /// The inverse of [`PlateStats::flatten`] for layers of `channels`.
     pub fn unflatten(data: &[f32], channels: &[usize]) -> Option<PlateStats> {
         if data.len() != channels.iter().map(|c| 2 * c).sum::<usize>() {

@@ -88,14 +88,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Doctor { config } => {
             let config = bfx_config::load_daemon(&config).context("invalid configuration")?;
             let checks = bfx_daemon::doctor::doctor(&config);
-            for check in &checks {
-                println!("{check}");
-            }
-            Ok(if checks.iter().all(|c| c.ok) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(print_checks(&checks))
         }
         Command::Run { config: path } => {
             let config = bfx_config::load_daemon(&path).context("invalid configuration")?;
@@ -153,14 +146,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = bfx_config::load_daemon(&file).context("invalid configuration")?;
             println!("ok   config        {}", file.display());
             let checks = bfx_daemon::check::check_config(&config, skip_bundle);
-            for check in &checks {
-                println!("{check}");
-            }
-            Ok(if checks.iter().all(|c| c.ok) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(print_checks(&checks))
         }
     }
 }
@@ -178,4 +164,16 @@ fn report(e: &anyhow::Error) -> String {
         }
     }
     text
+}
+
+/// One line per check; failure if any failed.
+fn print_checks(checks: &[bfx_daemon::check::Check]) -> ExitCode {
+    for check in checks {
+        println!("{check}");
+    }
+    if checks.iter().all(|c| c.ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

@@ -14,9 +14,7 @@ use std::time::{Duration, Instant};
 
 use bfx_core::bundle::Bundle;
 use bfx_core::image::ReadOptions;
-use bfx_core::preprocess::SiteFiles;
 use bfx_daemon::engine::Engine;
-use bfx_daemon::model_input::site_array;
 
 mod common;
 use common::{PLATES, SITES, acquisition, bundle, committed_rows, noise, python, start};
@@ -176,11 +174,13 @@ fn kill_9_and_restart_lose_and_duplicate_nothing() {
             g.display()
         );
         for (i, paths) in plate["paths"].as_array().expect("paths").iter().enumerate() {
-            let paths = paths.as_str().expect("text").split(';').map(PathBuf::from);
-            let files = SiteFiles::PerChannel(spec.channels.iter().cloned().zip(paths).collect());
-            let want = engine
-                .embed(&[site_array(spec, &files, &ReadOptions::default()).expect("site")])
-                .expect("offline");
+            let input = bfx_daemon::pipeline::stored_site_input(
+                spec,
+                &ReadOptions::default(),
+                paths.as_str().expect("text"),
+            )
+            .expect("site");
+            let want = engine.embed(&[input]).expect("offline");
             let got: Vec<f32> = plate["X"][i]
                 .as_array()
                 .expect("row")

@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 use bfx_config::daemon::InferenceConfig;
 use bfx_core::bundle::Bundle;
 use bfx_core::image::ReadOptions;
-use bfx_core::preprocess::SiteFiles;
 use bfx_daemon::engine::{Engine, PlateStats};
-use bfx_daemon::model_input::site_array;
 use bfx_tests::run_python;
 
 const PLATES: [&str; 2] = ["S2P1", "S2P2"];
@@ -146,25 +144,19 @@ fn run_mode(screen: &Path, bundle_dir: &Path, mode: &str) {
             v["status"]
         );
         let stats = (mode == "adabn").then(|| {
-            let flat: Vec<f32> =
-                serde_json::from_str(v["stats"].as_str().expect("stats")).expect("stats JSON");
-            let channels: Vec<usize> = bundle
-                .manifest
-                .adabn_layers
-                .iter()
-                .map(|l| l.channels)
-                .collect();
-            PlateStats::unflatten(&flat, &channels).expect("stats of every layer")
+            PlateStats::from_uns(
+                v["stats"].as_str().expect("stats"),
+                &bundle.manifest.adabn_layers,
+            )
+            .expect("stats of every layer")
         });
         for (i, paths) in v["paths"].as_array().expect("paths").iter().enumerate() {
-            let paths: Vec<PathBuf> = paths
-                .as_str()
-                .expect("text")
-                .split(';')
-                .map(PathBuf::from)
-                .collect();
-            let files = SiteFiles::PerChannel(spec.channels.iter().cloned().zip(paths).collect());
-            let input = site_array(spec, &files, &ReadOptions::default()).expect("site reads");
+            let input = bfx_daemon::pipeline::stored_site_input(
+                spec,
+                &ReadOptions::default(),
+                paths.as_str().expect("text"),
+            )
+            .expect("site reads");
             let want = match &stats {
                 Some(s) => engine.embed_with(&[input], s),
                 None => engine.embed(&[input]),

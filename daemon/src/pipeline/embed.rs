@@ -66,7 +66,7 @@ struct Input {
 }
 
 /// A stored site's model input again, from its files (restart of a provisional plate).
-pub fn reload(
+pub fn stored_site_input(
     spec: &PreprocessSpec,
     read: &ReadOptions,
     paths: &str,

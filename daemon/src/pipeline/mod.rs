@@ -32,6 +32,7 @@ use bfx_core::naming::{ImageKey, NamingScheme, SiteKey};
 use thiserror::Error;
 use tokio::sync::{mpsc, watch as signal};
 
+pub use self::embed::stored_site_input;
 pub use self::ready::glob;
 pub use self::watch::scan;
 use crate::engine::{Engine, EngineError, PlateStats};
@@ -138,22 +139,18 @@ fn restore_adabn(
     read: &ReadOptions,
     journal: &Journal,
 ) -> HashMap<String, embed::AdabnPlate> {
-    let channels: Vec<usize> = bundle
-        .manifest
-        .adabn_layers
-        .iter()
-        .map(|l| l.channels)
-        .collect();
     let mut out = HashMap::new();
     for table in store.plates().values() {
         let plate = table.uns.get("plate").cloned().unwrap_or_default();
         let mut state = embed::AdabnPlate::default();
-        let stats = table.uns.get("adabn_stats").filter(|s| !s.is_empty());
-        if let Some(flat) = stats.and_then(|s| serde_json::from_str::<Vec<f32>>(s).ok()) {
-            state.stats = PlateStats::unflatten(&flat, &channels);
+        let stats = table.uns.get("adabn_stats");
+        if let Some(stats) =
+            stats.and_then(|s| PlateStats::from_uns(s, &bundle.manifest.adabn_layers))
+        {
+            state.stats = Some(stats);
         } else {
             for row in &table.rows {
-                match embed::reload(&bundle.manifest.preprocess, read, &row.paths) {
+                match embed::stored_site_input(&bundle.manifest.preprocess, read, &row.paths) {
                     Ok(input) => {
                         if let Ok(key) = site_key(&row.index, &plate) {
                             state.early.push(embed::Early { key, input });
