@@ -1,41 +1,44 @@
 //! Seconds per training step of bfx's ResNet18 (ERM: forward in train
-//! mode, cross-entropy, backward, AdamW) on random data, as one JSON line.
-//! `bench/training_step.py` measures the same network in PyTorch;
-//! `bench/run.sh` runs both side by side and writes docs/performance.md.
+//! mode, cross-entropy, backward, AdamW) on random data, as one JSON line,
+//! with bfx's kernels or with Candle's own ops (`--candle-ops`, the
+//! "before"). `bench/training_step.py` measures the same network in
+//! PyTorch; `bench/run.sh` runs all of them side by side and writes
+//! docs/performance.md.
 //!
-//! Usage: training-step [WIDTH] [BATCH] [CHANNELS] [SIZE] [STEPS]
-//! (defaults 64 32 5 64 12). Threads: RAYON_NUM_THREADS.
+//! Usage: training-step WIDTH BATCH CHANNELS SIZE STEPS NORM [--candle-ops]
+//! (NORM: bn or in). Threads: RAYON_NUM_THREADS.
 
 use std::time::Instant;
 
 use anyhow::Context;
 use bfx_trainer::model::{self, ModelSpec};
-use bfx_trainer::nn::{NormPass, ResNetSpec};
+use bfx_trainer::nn::{NormPass, ResNetSpec, ops};
 use bfx_trainer::optim::{AdamW, trainable};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 
-fn arg(i: usize, default: usize) -> anyhow::Result<usize> {
-    match std::env::args().nth(i) {
-        None => Ok(default),
-        Some(a) => a
-            .parse()
-            .with_context(|| format!("argument {i} ({a:?}) is not a number")),
-    }
+/// Positional argument `i` as a number.
+pub fn arg(i: usize) -> anyhow::Result<usize> {
+    let a = std::env::args()
+        .nth(i)
+        .with_context(|| format!("argument {i} is missing (see the usage in the source)"))?;
+    a.parse()
+        .with_context(|| format!("argument {i} ({a:?}) is not a number"))
 }
 
 fn main() -> anyhow::Result<()> {
-    let (width, batch, channels, size, steps) = (
-        arg(1, 64)?,
-        arg(2, 32)?,
-        arg(3, 5)?,
-        arg(4, 64)?,
-        arg(5, 12)?,
-    );
+    let (width, batch, channels, size, steps) = (arg(1)?, arg(2)?, arg(3)?, arg(4)?, arg(5)?);
+    let instance_norm = match std::env::args().nth(6).as_deref() {
+        Some("bn") => false,
+        Some("in") => true,
+        other => anyhow::bail!("argument 6 must be bn or in, not {other:?}"),
+    };
+    let candle_ops = std::env::args().any(|a| a == "--candle-ops");
+    ops::use_candle_ops(candle_ops);
     let device = Device::Cpu;
     let spec = ModelSpec {
         arch: "resnet18".into(),
-        encoder: ResNetSpec::resnet18(channels, width, false),
+        encoder: ResNetSpec::resnet18(channels, width, instance_norm),
         embedding_dim: 128,
         classes: 10,
     };
@@ -47,28 +50,44 @@ fn main() -> anyhow::Result<()> {
         (0..batch as u32).map(|i| i % 10).collect::<Vec<_>>(),
         &device,
     )?;
-    let mut times = Vec::with_capacity(steps);
+    let mut phases: [Vec<f64>; 4] = Default::default();
     // Two warm-up steps (allocation, thread pool start) are not timed.
     for i in 0..steps + 2 {
         let started = Instant::now();
         let (_, logits) = net.forward(&x, &mut NormPass::train())?;
         let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
-        opt.step(&loss.backward()?)?;
+        let forward = started.elapsed().as_secs_f64();
+        let grads = loss.backward()?;
+        let backward = started.elapsed().as_secs_f64();
+        opt.step(&grads)?;
         let _ = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        let total = started.elapsed().as_secs_f64();
         if i >= 2 {
-            times.push(started.elapsed().as_secs_f64());
+            for (p, t) in
+                phases
+                    .iter_mut()
+                    .zip([total, forward, backward - forward, total - backward])
+            {
+                p.push(t);
+            }
         }
     }
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
+    let [total, forward, backward, optimizer] = phases.map(median);
     println!(
         "{}",
         serde_json::json!({
-            "framework": "candle",
-            "width": width, "batch": batch, "channels": channels, "size": size,
-            "steps": steps, "median_s": median, "min_s": times[0], "max_s": times[times.len() - 1],
+            "framework": if candle_ops { "candle" } else { "bfx" },
+            "network": format!("ResNet18 width {width} {}", if instance_norm { "InstanceNorm" } else { "BatchNorm" }),
+            "input": format!("{channels}x{size}x{size}"), "batch": batch, "steps": steps,
+            "median_s": total, "forward_s": forward, "backward_s": backward, "optimizer_s": optimizer,
             "threads": std::env::var("RAYON_NUM_THREADS").unwrap_or_default(),
         })
     );
     Ok(())
+}
+
+/// Median of a non-empty sample.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }

@@ -56,6 +56,19 @@ impl AdamW {
             let Some(g) = grads.get(p.as_tensor()) else {
                 continue;
             };
+            if crate::nn::ops::fast(p.as_tensor()) {
+                let (m, v) = (&self.m[i], &self.v[i]);
+                let hyper = fused::Hyper {
+                    lr: self.lr,
+                    weight_decay: self.weight_decay,
+                    c1,
+                    c2,
+                };
+                let (np, nm, nv) = fused::step(p.as_tensor(), g, m, v, hyper)?;
+                p.set(&np)?;
+                (self.m[i], self.v[i]) = (nm, nv);
+                continue;
+            }
             self.m[i] = ((&self.m[i] * BETA1)? + (g * (1.0 - BETA1))?)?;
             self.v[i] = ((&self.v[i] * BETA2)? + (g.sqr()? * (1.0 - BETA2))?)?;
             let update = ((&self.m[i] / c1)? / ((&self.v[i] / c2)?.sqrt()? + EPS)?)?;
@@ -99,6 +112,75 @@ impl AdamW {
             self.step = step.to_vec1::<f32>()?.first().copied().unwrap_or(0.0) as u64;
         }
         Ok(())
+    }
+}
+
+/// AdamW's update of one variable in a single pass over its elements
+/// (on the CPU; the tensor-op version above serves other devices).
+mod fused {
+    use candle_core::{Result, Tensor, WithDType};
+    use rayon::prelude::*;
+
+    use super::{BETA1, BETA2, EPS};
+
+    /// Learning rate, decay and this step's bias corrections.
+    #[derive(Clone, Copy)]
+    pub struct Hyper {
+        pub lr: f64,
+        pub weight_decay: f64,
+        pub c1: f64,
+        pub c2: f64,
+    }
+
+    fn slice<T: WithDType>(t: &Tensor) -> Result<Vec<T>> {
+        t.flatten_all()?.to_vec1::<T>()
+    }
+
+    fn update<T: WithDType>(
+        p: &Tensor,
+        g: &Tensor,
+        m: &Tensor,
+        v: &Tensor,
+        h: Hyper,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (mut p_, g_, mut m_, mut v_) = (
+            slice::<T>(p)?,
+            slice::<T>(g)?,
+            slice::<T>(m)?,
+            slice::<T>(v)?,
+        );
+        let decay = 1.0 - h.lr * h.weight_decay;
+        p_.par_chunks_mut(4096)
+            .zip(m_.par_chunks_mut(4096))
+            .zip(v_.par_chunks_mut(4096))
+            .zip(g_.par_chunks(4096))
+            .for_each(|(((p, m), v), g)| {
+                for i in 0..p.len() {
+                    let gi = g[i].to_f64();
+                    let mi = BETA1 * m[i].to_f64() + (1.0 - BETA1) * gi;
+                    let vi = BETA2 * v[i].to_f64() + (1.0 - BETA2) * gi * gi;
+                    let step = (mi / h.c1) / ((vi / h.c2).sqrt() + EPS);
+                    p[i] = T::from_f64(p[i].to_f64() * decay - h.lr * step);
+                    m[i] = T::from_f64(mi);
+                    v[i] = T::from_f64(vi);
+                }
+            });
+        let back = |data: Vec<T>| Tensor::from_vec(data, p.dims(), p.device());
+        Ok((back(p_)?, back(m_)?, back(v_)?))
+    }
+
+    /// New `(parameter, first moment, second moment)`.
+    pub fn step(
+        p: &Tensor,
+        g: &Tensor,
+        m: &Tensor,
+        v: &Tensor,
+        h: Hyper,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        match p.dtype() {
+            candle_core::DType::F32 => update::<f32>(p, g, m, v, h),
+            _ => update::<f64>(p, g, m, v, h),
+        }
     }
 }
 

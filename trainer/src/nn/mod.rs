@@ -6,6 +6,7 @@
 #[cfg(test)]
 pub mod gradcheck;
 pub mod norm;
+pub mod ops;
 pub mod pool;
 pub mod resnet;
 

@@ -12,6 +12,8 @@
 use candle_core::{Result, Tensor, Var};
 use candle_nn::{GroupNorm, Init, Module, VarBuilder};
 
+use super::ops::{self, Grouping};
+
 pub use bfx_core::arch::NORM_EPS;
 
 /// How BatchNorm layers normalize in one forward pass.
@@ -145,21 +147,42 @@ impl BatchNorm {
                 })?;
                 (s.mean.clone(), s.var.clone())
             }
+            BnMode::Train | BnMode::Batch if ops::fast(x) => {
+                let (y, mean, var) =
+                    ops::normalize_batch(x, &self.weight, &self.bias, self.eps, Grouping::Channel)?;
+                self.after_batch_stats(&mean, &var, x, pass)?;
+                return Ok(y);
+            }
             BnMode::Train | BnMode::Batch => {
                 let (mean, var) = batch_stats(x)?;
-                if pass.mode == BnMode::Train {
-                    self.update_running(&mean, &var, x)?;
-                }
-                if pass.record {
-                    pass.recorded.push(LayerStats {
-                        mean: mean.detach(),
-                        var: var.detach(),
-                    });
-                }
+                self.after_batch_stats(&mean, &var, x, pass)?;
                 (mean, var)
             }
         };
+        if ops::fast(x) {
+            return ops::normalize_given(x, &mean, &var, self.eps, &self.weight, &self.bias);
+        }
         normalize(x, &mean, &var, self.eps, &self.weight, &self.bias)
+    }
+
+    /// Running update (training) and recording of a batch's statistics.
+    fn after_batch_stats(
+        &self,
+        mean: &Tensor,
+        var: &Tensor,
+        x: &Tensor,
+        pass: &mut NormPass,
+    ) -> Result<()> {
+        if pass.mode == BnMode::Train {
+            self.update_running(mean, var, x)?;
+        }
+        if pass.record {
+            pass.recorded.push(LayerStats {
+                mean: mean.detach(),
+                var: var.detach(),
+            });
+        }
+        Ok(())
     }
 
     fn update_running(&self, mean: &Tensor, var: &Tensor, x: &Tensor) -> Result<()> {
@@ -214,8 +237,9 @@ pub fn normalize(
 pub enum Norm {
     /// BatchNorm (AdaBN-capable).
     Batch(BatchNorm),
-    /// InstanceNorm: per image and channel, affine.
-    Instance(GroupNorm),
+    /// InstanceNorm: per image and channel, affine (scale, shift and
+    /// candle-nn's GroupNorm with a group per channel for other devices).
+    Instance(Tensor, Tensor, GroupNorm),
 }
 
 impl Norm {
@@ -224,9 +248,8 @@ impl Norm {
         if instance {
             let weight = vb.get_with_hints(channels, "weight", Init::Const(1.0))?;
             let bias = vb.get_with_hints(channels, "bias", Init::Const(0.0))?;
-            Ok(Norm::Instance(GroupNorm::new(
-                weight, bias, channels, channels, NORM_EPS,
-            )?))
+            let group = GroupNorm::new(weight.clone(), bias.clone(), channels, channels, NORM_EPS)?;
+            Ok(Norm::Instance(weight, bias, group))
         } else {
             Ok(Norm::Batch(BatchNorm::new(channels, vb)?))
         }
@@ -236,7 +259,10 @@ impl Norm {
     pub fn forward(&self, x: &Tensor, pass: &mut NormPass) -> Result<Tensor> {
         match self {
             Norm::Batch(bn) => bn.forward(x, pass),
-            Norm::Instance(gn) => gn.forward(x),
+            Norm::Instance(weight, bias, _) if ops::fast(x) => {
+                Ok(ops::normalize_batch(x, weight, bias, NORM_EPS, Grouping::Plane)?.0)
+            }
+            Norm::Instance(_, _, group) => group.forward(x),
         }
     }
 }

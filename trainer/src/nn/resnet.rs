@@ -9,31 +9,32 @@
 //! gradient is right and tested. Both halve the resolution.
 
 use candle_core::{Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder, conv2d_no_bias};
+use candle_nn::VarBuilder;
 
 use bfx_core::arch::BlockShape;
 pub use bfx_core::arch::ResNetSpec;
 
 use super::norm::{Norm, NormPass};
+use super::ops::{Conv, ConvConfig, relu};
 
 /// A residual basic block: conv-norm-relu-conv-norm plus a shortcut.
 #[derive(Clone, Debug)]
 struct BasicBlock {
-    conv1: Conv2d,
+    conv1: Conv,
     norm1: Norm,
-    conv2: Conv2d,
+    conv2: Conv,
     norm2: Norm,
     /// 1x1 projection when the shape changes.
-    down: Option<(Conv2d, Norm)>,
+    down: Option<(Conv, Norm)>,
 }
 
-fn conv(cin: usize, cout: usize, k: usize, stride: usize, vb: VarBuilder) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
+fn conv(cin: usize, cout: usize, k: usize, stride: usize, vb: VarBuilder) -> Result<Conv> {
+    let cfg = ConvConfig {
         padding: k / 2,
         stride,
         ..Default::default()
     };
-    conv2d_no_bias(cin, cout, k, cfg, vb)
+    Conv::no_bias(cin, cout, k, cfg, vb)
 }
 
 impl BasicBlock {
@@ -59,13 +60,13 @@ impl BasicBlock {
     }
 
     fn forward(&self, x: &Tensor, pass: &mut NormPass) -> Result<Tensor> {
-        let h = self.norm1.forward(&x.apply(&self.conv1)?, pass)?.relu()?;
+        let h = relu(&self.norm1.forward(&x.apply(&self.conv1)?, pass)?)?;
         let h = self.norm2.forward(&h.apply(&self.conv2)?, pass)?;
         let skip = match &self.down {
             Some((c, n)) => n.forward(&x.apply(c)?, pass)?,
             None => x.clone(),
         };
-        (h + skip)?.relu()
+        relu(&(h + skip)?)
     }
 }
 
@@ -73,7 +74,7 @@ impl BasicBlock {
 #[derive(Clone, Debug)]
 pub struct ResNet {
     spec: ResNetSpec,
-    stem: Conv2d,
+    stem: Conv,
     stem_norm: Norm,
     stages: Vec<Vec<BasicBlock>>,
 }
@@ -107,10 +108,7 @@ impl ResNet {
         pass: &mut NormPass,
         hook: &mut dyn FnMut(usize, Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
-        let h = self
-            .stem_norm
-            .forward(&x.apply(&self.stem)?, pass)?
-            .relu()?;
+        let h = relu(&self.stem_norm.forward(&x.apply(&self.stem)?, pass)?)?;
         let mut h = super::pool::max_pool_2x2(&h)?;
         for (i, stage) in self.stages.iter().enumerate() {
             for block in stage {

@@ -1,0 +1,259 @@
+//! Convolution geometry and the copies around the GEMMs: im2col (input
+//! patches as the columns of a matrix), col2im (its adjoint, summing
+//! patches back into an image) and the batch/channel transposes between
+//! Candle's `[n, c, p]` layout and the GEMMs' `[c, n * p]`.
+//!
+//! Every loop is parallel over disjoint output rows or planes, so no
+//! two threads write one element.
+
+use candle_core::{Result, WithDType};
+use rayon::prelude::*;
+
+/// Stride, padding, dilation and groups of a convolution (square, as
+/// the models use them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvConfig {
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub padding: usize,
+    /// Dilation.
+    pub dilation: usize,
+    /// Groups (input and output channels split evenly).
+    pub groups: usize,
+}
+
+impl Default for ConvConfig {
+    fn default() -> Self {
+        ConvConfig {
+            stride: 1,
+            padding: 0,
+            dilation: 1,
+            groups: 1,
+        }
+    }
+}
+
+/// Every size of one convolution `[n, c, h, w] * [o, c/g, kh, kw] -> [n, o, ho, wo]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Batch.
+    pub n: usize,
+    /// Input channels.
+    pub c: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Output channels.
+    pub o: usize,
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Output height.
+    pub ho: usize,
+    /// Output width.
+    pub wo: usize,
+    /// Stride, padding, dilation, groups.
+    pub cfg: ConvConfig,
+}
+
+impl Geometry {
+    /// The geometry of convolving `x` dims by a kernel of `k` dims.
+    pub fn conv(x: &[usize], k: &[usize], cfg: ConvConfig) -> Result<Geometry> {
+        let (&[n, c, h, w], &[o, cg, kh, kw]) = (x, k) else {
+            candle_core::bail!("convolution wants 4-d input and kernel, got {x:?} and {k:?}");
+        };
+        let ConvConfig {
+            stride,
+            padding,
+            dilation,
+            groups,
+        } = cfg;
+        if stride == 0 || dilation == 0 || groups == 0 {
+            candle_core::bail!("convolution stride, dilation and groups must be >= 1 ({cfg:?})");
+        }
+        if c % groups != 0 || o % groups != 0 || cg != c / groups {
+            candle_core::bail!(
+                "convolution of {c} input channels by kernel {k:?} in {groups} groups does not fit"
+            );
+        }
+        let out = |size: usize, k: usize| -> Result<usize> {
+            let span = dilation * (k - 1) + 1;
+            if k == 0 || size + 2 * padding < span {
+                candle_core::bail!(
+                    "convolution kernel {k} (dilation {dilation}) exceeds input {size} padded by {padding}"
+                );
+            }
+            Ok((size + 2 * padding - span) / stride + 1)
+        };
+        Ok(Geometry {
+            n,
+            c,
+            h,
+            w,
+            o,
+            kh,
+            kw,
+            ho: out(h, kh)?,
+            wo: out(w, kw)?,
+            cfg,
+        })
+    }
+
+    /// The geometry of the convolution whose input gradient is the
+    /// transposed convolution of `x` dims by a kernel of `k` dims
+    /// (`[c_in, c_out/g, kh, kw]`, PyTorch's layout).
+    pub fn transposed(
+        x: &[usize],
+        k: &[usize],
+        cfg: ConvConfig,
+        output_padding: usize,
+    ) -> Result<Geometry> {
+        let (&[n, cin, h, w], &[kin, coutg, kh, kw]) = (x, k) else {
+            candle_core::bail!(
+                "transposed convolution wants 4-d input and kernel, got {x:?} and {k:?}"
+            );
+        };
+        let ConvConfig {
+            stride,
+            padding,
+            dilation,
+            groups,
+        } = cfg;
+        if kin != cin || groups == 0 || cin % groups != 0 {
+            candle_core::bail!(
+                "transposed convolution of {cin} channels by kernel {k:?} in {groups} groups does not fit"
+            );
+        }
+        if output_padding >= stride.max(dilation) {
+            candle_core::bail!(
+                "output padding {output_padding} must be smaller than stride or dilation"
+            );
+        }
+        let size = |i: usize, k: usize| -> Result<usize> {
+            let full = (i - 1) * stride + dilation * (k - 1) + output_padding + 1;
+            full.checked_sub(2 * padding)
+                .filter(|s| *s > 0)
+                .ok_or_else(|| {
+                    candle_core::Error::Msg(format!(
+                        "transposed convolution of size {i} with padding {padding} is empty"
+                    ))
+                })
+        };
+        let geometry = Geometry::conv(
+            &[n, coutg * groups, size(h, kh)?, size(w, kw)?],
+            &[cin, coutg, kh, kw],
+            cfg,
+        )?;
+        debug_assert_eq!((geometry.ho, geometry.wo), (h, w));
+        Ok(geometry)
+    }
+
+    /// Output positions per image.
+    pub fn p(&self) -> usize {
+        self.ho * self.wo
+    }
+
+    /// Rows of the patch matrix per group: `c/g * kh * kw`.
+    pub fn k(&self) -> usize {
+        self.c / self.cfg.groups * self.kh * self.kw
+    }
+
+    /// Input elements.
+    pub fn input_len(&self) -> usize {
+        self.n * self.c * self.h * self.w
+    }
+
+    /// Output positions `ow` whose input column `ow * stride + offset -
+    /// padding` lies inside `0..width`, as a range.
+    fn valid(&self, offset: usize, width: usize, outputs: usize) -> std::ops::Range<usize> {
+        let (s, pad) = (self.cfg.stride, self.cfg.padding);
+        // First ow with ow*s + offset >= pad; last with ow*s + offset < pad + width.
+        let lo = pad.saturating_sub(offset).div_ceil(s);
+        let hi = (pad + width)
+            .saturating_sub(offset)
+            .div_ceil(s)
+            .min(outputs);
+        lo.min(hi)..hi
+    }
+}
+
+/// The patch matrix `[c * kh * kw, n * ho * wo]` of `x` (`[n, c, h, w]`):
+/// row `(c, i, j)`, column `(n, oh, ow)` holds `x[n, c, oh*s + i*d - pad,
+/// ow*s + j*d - pad]`, zero outside the image.
+pub fn im2col<T: WithDType>(x: &[T], g: &Geometry) -> Vec<T> {
+    let (p, np, hw) = (g.p(), g.n * g.p(), g.h * g.w);
+    let (s, d, pad) = (g.cfg.stride, g.cfg.dilation, g.cfg.padding);
+    let zero = T::from_f64(0.0);
+    let mut cols = vec![zero; g.c * g.kh * g.kw * np];
+    cols.par_chunks_mut(np.max(1))
+        .enumerate()
+        .for_each(|(row, out)| {
+            let (c, i, j) = (row / (g.kh * g.kw), (row / g.kw) % g.kh, row % g.kw);
+            let cols_ok = g.valid(j * d, g.w, g.wo);
+            let rows_ok = g.valid(i * d, g.h, g.ho);
+            for n in 0..g.n {
+                let plane = &x[(n * g.c + c) * hw..][..hw];
+                let out = &mut out[n * p..][..p];
+                for oh in rows_ok.clone() {
+                    let ih = oh * s + i * d - pad;
+                    let src = &plane[ih * g.w..][..g.w];
+                    let dst = &mut out[oh * g.wo..][..g.wo];
+                    let first = cols_ok.start * s + j * d - pad;
+                    if s == 1 {
+                        dst[cols_ok.clone()].copy_from_slice(&src[first..first + cols_ok.len()]);
+                    } else {
+                        for (k, ow) in cols_ok.clone().enumerate() {
+                            dst[ow] = src[first + k * s];
+                        }
+                    }
+                }
+            }
+        });
+    cols
+}
+
+/// The adjoint of [`im2col`]: every patch entry of `cols` added back to
+/// the input position it came from, giving `[n, c, h, w]`.
+pub fn col2im<T: WithDType>(cols: &[T], g: &Geometry) -> Vec<T> {
+    let (p, np, hw) = (g.p(), g.n * g.p(), g.h * g.w);
+    let (s, d, pad) = (g.cfg.stride, g.cfg.dilation, g.cfg.padding);
+    let mut x = vec![T::from_f64(0.0); g.input_len()];
+    x.par_chunks_mut(hw.max(1))
+        .enumerate()
+        .for_each(|(q, plane)| {
+            let (n, c) = (q / g.c, q % g.c);
+            for i in 0..g.kh {
+                let rows_ok = g.valid(i * d, g.h, g.ho);
+                for j in 0..g.kw {
+                    let cols_ok = g.valid(j * d, g.w, g.wo);
+                    let row = &cols[((c * g.kh + i) * g.kw + j) * np + n * p..][..p];
+                    for oh in rows_ok.clone() {
+                        let ih = oh * s + i * d - pad;
+                        let dst = &mut plane[ih * g.w..][..g.w];
+                        let src = &row[oh * g.wo..][..g.wo];
+                        let first = cols_ok.start * s + j * d - pad;
+                        for (k, ow) in cols_ok.clone().enumerate() {
+                            dst[first + k * s] += src[ow];
+                        }
+                    }
+                }
+            }
+        });
+    x
+}
+
+/// `[a, b, p]` -> `[b, a, p]` (the batch/channel swap around the GEMMs).
+pub fn swap01<T: WithDType>(src: &[T], a: usize, b: usize, p: usize) -> Vec<T> {
+    let mut dst = vec![T::from_f64(0.0); src.len()];
+    dst.par_chunks_mut((a * p).max(1))
+        .enumerate()
+        .for_each(|(bi, out)| {
+            for ai in 0..a {
+                out[ai * p..][..p].copy_from_slice(&src[(ai * b + bi) * p..][..p]);
+            }
+        });
+    dst
+}

@@ -1,0 +1,406 @@
+//! The custom ops against Candle's reference ops and finite differences.
+
+use candle_core::{DType, Device, Tensor, Var};
+
+use super::*;
+use crate::nn::gradcheck::{TOLERANCE, max_error, random};
+
+/// Largest relative difference of two tensors of one shape.
+fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims());
+    let a = a
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let b = b
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let scale = a
+        .iter()
+        .chain(&b)
+        .fold(0.0f64, |m, v| m.max(v.abs()))
+        .max(1e-12);
+    a.iter()
+        .zip(&b)
+        .fold(0.0, |m, (x, y)| m.max((x - y).abs() / scale))
+}
+
+/// Output, input gradient and weight gradient of `f(x, w)` against a
+/// fixed random output direction.
+fn value_and_grads(
+    x: &Tensor,
+    w: &Tensor,
+    f: &dyn Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
+) -> (Tensor, Tensor, Tensor) {
+    let (xv, wv) = (Var::from_tensor(x).unwrap(), Var::from_tensor(w).unwrap());
+    let y = f(xv.as_tensor(), wv.as_tensor()).unwrap();
+    let r = random(y.dims(), 7).to_dtype(x.dtype()).unwrap();
+    let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    (
+        y,
+        grads.get(xv.as_tensor()).expect("input gradient").clone(),
+        // Functions that ignore `w` (ReLU, pooling) get zeros.
+        grads
+            .get(wv.as_tensor())
+            .cloned()
+            .unwrap_or_else(|| w.zeros_like().expect("zeros")),
+    )
+}
+
+/// Shapes the models use (ResNet stem, 3x3 and strided 1x1 blocks) plus
+/// dilation, odd sizes and groups. Square, because Candle's own backward
+/// pads a strided input gradient by one amount for both axes.
+const CONVS: [([usize; 4], [usize; 4], ConvConfig); 7] = [
+    (
+        [2, 5, 19, 17],
+        [4, 5, 7, 7],
+        ConvConfig {
+            stride: 2,
+            padding: 3,
+            dilation: 1,
+            groups: 1,
+        },
+    ),
+    (
+        [3, 4, 8, 8],
+        [6, 4, 3, 3],
+        ConvConfig {
+            stride: 1,
+            padding: 1,
+            dilation: 1,
+            groups: 1,
+        },
+    ),
+    (
+        [2, 4, 9, 9],
+        [8, 4, 3, 3],
+        ConvConfig {
+            stride: 2,
+            padding: 1,
+            dilation: 1,
+            groups: 1,
+        },
+    ),
+    (
+        [2, 4, 8, 8],
+        [8, 4, 1, 1],
+        ConvConfig {
+            stride: 2,
+            padding: 0,
+            dilation: 1,
+            groups: 1,
+        },
+    ),
+    (
+        [1, 3, 6, 6],
+        [5, 3, 1, 1],
+        ConvConfig {
+            stride: 1,
+            padding: 0,
+            dilation: 1,
+            groups: 1,
+        },
+    ),
+    (
+        [2, 3, 11, 10],
+        [4, 3, 3, 3],
+        ConvConfig {
+            stride: 1,
+            padding: 2,
+            dilation: 2,
+            groups: 1,
+        },
+    ),
+    (
+        [2, 6, 7, 7],
+        [6, 2, 3, 3],
+        ConvConfig {
+            stride: 2,
+            padding: 1,
+            dilation: 1,
+            groups: 3,
+        },
+    ),
+];
+
+#[test]
+fn convolution_matches_candle_forward_and_backward() {
+    for (seed, (xs, ws, cfg)) in CONVS.iter().enumerate() {
+        for dtype in [DType::F32, DType::F64] {
+            let x = random(xs, seed as u64).to_dtype(dtype).unwrap();
+            let w = random(ws, 100 + seed as u64).to_dtype(dtype).unwrap();
+            let ours = value_and_grads(&x, &w, &|x, w| conv2d(x, w, *cfg));
+            let reference = value_and_grads(&x, &w, &|x, w| {
+                x.conv2d(w, cfg.padding, cfg.stride, cfg.dilation, cfg.groups)
+            });
+            for (what, a, b) in [
+                ("output", &ours.0, &reference.0),
+                ("input gradient", &ours.1, &reference.1),
+                ("weight gradient", &ours.2, &reference.2),
+            ] {
+                let d = rel_diff(a, b);
+                assert!(d < 1e-5, "{what} of {xs:?} * {ws:?} {cfg:?} {dtype:?}: {d}");
+            }
+        }
+    }
+}
+
+#[test]
+fn convolution_gradients_match_finite_differences() {
+    for (seed, (xs, ws, cfg)) in CONVS.iter().enumerate() {
+        let x = random(xs, seed as u64);
+        let w = random(ws, 100 + seed as u64);
+        let dx = max_error(&x, &|x| conv2d(x, &w, *cfg)).unwrap();
+        let dw = max_error(&w, &|w| conv2d(&x, w, *cfg)).unwrap();
+        assert!(
+            dx < TOLERANCE && dw < TOLERANCE,
+            "{xs:?} {cfg:?}: {dx} {dw}"
+        );
+    }
+}
+
+#[test]
+fn non_square_inputs_get_right_gradients() {
+    let cfg = ConvConfig {
+        stride: 2,
+        padding: 0,
+        dilation: 1,
+        groups: 1,
+    };
+    let (x, w) = (random(&[2, 3, 9, 8], 3), random(&[4, 3, 1, 1], 4));
+    let dx = max_error(&x, &|x| conv2d(x, &w, cfg)).unwrap();
+    let dw = max_error(&w, &|w| conv2d(&x, w, cfg)).unwrap();
+    assert!(dx < TOLERANCE && dw < TOLERANCE, "{dx} {dw}");
+}
+
+#[test]
+fn transposed_convolution_matches_candle_and_finite_differences() {
+    let cases: [([usize; 4], [usize; 4], ConvConfig, usize); 4] = [
+        (
+            [2, 4, 5, 5],
+            [4, 3, 3, 3],
+            ConvConfig {
+                stride: 2,
+                padding: 1,
+                dilation: 1,
+                groups: 1,
+            },
+            1,
+        ),
+        (
+            [1, 3, 4, 6],
+            [3, 2, 2, 2],
+            ConvConfig {
+                stride: 2,
+                padding: 0,
+                dilation: 1,
+                groups: 1,
+            },
+            0,
+        ),
+        (
+            [2, 2, 6, 5],
+            [2, 3, 3, 3],
+            ConvConfig {
+                stride: 1,
+                padding: 1,
+                dilation: 1,
+                groups: 1,
+            },
+            0,
+        ),
+        (
+            [2, 3, 4, 4],
+            [3, 2, 3, 3],
+            ConvConfig {
+                stride: 1,
+                padding: 2,
+                dilation: 2,
+                groups: 1,
+            },
+            0,
+        ),
+    ];
+    for (seed, (xs, ws, cfg, op)) in cases.iter().enumerate() {
+        let x = random(xs, seed as u64);
+        let w = random(ws, 50 + seed as u64);
+        let ours = value_and_grads(&x, &w, &|x, w| conv_transpose2d(x, w, *cfg, *op));
+        let reference = value_and_grads(&x, &w, &|x, w| {
+            x.conv_transpose2d(w, cfg.padding, *op, cfg.stride, cfg.dilation)
+        });
+        for (what, a, b) in [
+            ("output", &ours.0, &reference.0),
+            ("input gradient", &ours.1, &reference.1),
+            ("weight gradient", &ours.2, &reference.2),
+        ] {
+            let d = rel_diff(a, b);
+            assert!(d < 1e-10, "{what} of {xs:?} * {ws:?} {cfg:?}: {d}");
+        }
+        let dx = max_error(&x, &|x| conv_transpose2d(x, &w, *cfg, *op)).unwrap();
+        let dw = max_error(&w, &|w| conv_transpose2d(&x, w, *cfg, *op)).unwrap();
+        assert!(
+            dx < TOLERANCE && dw < TOLERANCE,
+            "{xs:?} {cfg:?}: {dx} {dw}"
+        );
+    }
+    // Groups (Candle has no grouped transposed convolution): finite differences only.
+    let cfg = ConvConfig {
+        stride: 2,
+        padding: 1,
+        dilation: 1,
+        groups: 2,
+    };
+    let x = random(&[2, 4, 3, 3], 9);
+    let w = random(&[4, 3, 3, 3], 10);
+    let y = conv_transpose2d(&x, &w, cfg, 1).unwrap();
+    assert_eq!(y.dims(), &[2, 6, 6, 6]);
+    let dx = max_error(&x, &|x| conv_transpose2d(x, &w, cfg, 1)).unwrap();
+    let dw = max_error(&w, &|w| conv_transpose2d(&x, w, cfg, 1)).unwrap();
+    assert!(dx < TOLERANCE && dw < TOLERANCE, "grouped: {dx} {dw}");
+}
+
+#[test]
+fn the_image_gets_no_gradient_but_a_tracked_input_does() {
+    let (xs, ws, cfg) = CONVS[0];
+    let x = random(&xs, 1).to_dtype(DType::F32).unwrap();
+    let w = Var::from_tensor(&random(&ws, 2).to_dtype(DType::F32).unwrap()).unwrap();
+    let grads = conv2d(&x, w.as_tensor(), cfg)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(grads.get(&x).is_none());
+    assert!(grads.get(w.as_tensor()).is_some());
+    // Through another op the input is tracked and gets its gradient.
+    let xv = Var::from_tensor(&x).unwrap();
+    let h = (xv.as_tensor() * 2.0).unwrap();
+    let grads = conv2d(&h, w.as_tensor(), cfg)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(grads.get(xv.as_tensor()).is_some());
+}
+
+#[test]
+fn shapes_that_do_not_fit_are_refused() {
+    let x = Tensor::zeros((1, 4, 5, 5), DType::F32, &Device::Cpu).unwrap();
+    let w = Tensor::zeros((2, 3, 3, 3), DType::F32, &Device::Cpu).unwrap();
+    assert!(conv2d(&x, &w, ConvConfig::default()).is_err());
+    let w = Tensor::zeros((2, 4, 7, 7), DType::F32, &Device::Cpu).unwrap();
+    assert!(conv2d(&x, &w, ConvConfig::default()).is_err());
+}
+
+#[test]
+fn fused_normalization_matches_the_composite_one() {
+    use crate::nn::norm::{batch_stats, normalize};
+    let x = random(&[3, 4, 5, 6], 11).to_dtype(DType::F32).unwrap();
+    let w = random(&[4], 12).to_dtype(DType::F32).unwrap();
+    let b = random(&[4], 13).to_dtype(DType::F32).unwrap();
+    // BatchNorm with the batch's statistics (gradients through them).
+    let ours = value_and_grads(&x, &w, &|x, w| {
+        Ok(normalize_batch(x, w, &b, 1e-5, Grouping::Channel)?.0)
+    });
+    let reference = value_and_grads(&x, &w, &|x, w| {
+        let (mean, var) = batch_stats(x)?;
+        normalize(x, &mean, &var, 1e-5, w, &b)
+    });
+    for (what, a, r) in [
+        ("output", &ours.0, &reference.0),
+        ("dx", &ours.1, &reference.1),
+        ("dw", &ours.2, &reference.2),
+    ] {
+        let d = rel_diff(a, r);
+        assert!(d < 1e-5, "batch norm {what}: {d}");
+    }
+    // Given statistics are constants.
+    let (mean, var) = batch_stats(&random(&[2, 4, 3, 3], 14)).unwrap();
+    let (mean, var) = (
+        mean.to_dtype(DType::F32).unwrap(),
+        var.to_dtype(DType::F32).unwrap(),
+    );
+    let ours = value_and_grads(&x, &w, &|x, w| normalize_given(x, &mean, &var, 1e-5, w, &b));
+    let reference = value_and_grads(&x, &w, &|x, w| normalize(x, &mean, &var, 1e-5, w, &b));
+    for (what, a, r) in [
+        ("output", &ours.0, &reference.0),
+        ("dx", &ours.1, &reference.1),
+        ("dw", &ours.2, &reference.2),
+    ] {
+        let d = rel_diff(a, r);
+        assert!(d < 1e-5, "given statistics {what}: {d}");
+    }
+    // InstanceNorm against candle-nn's GroupNorm with a group per channel.
+    let group = candle_nn::GroupNorm::new(w.clone(), b.clone(), 4, 4, 1e-5).unwrap();
+    let ours = value_and_grads(&x, &w, &|x, w| {
+        Ok(normalize_batch(x, w, &b, 1e-5, Grouping::Plane)?.0)
+    });
+    let (out, dx, _) = value_and_grads(&x, &w, &|x, _| candle_nn::Module::forward(&group, x));
+    assert!(rel_diff(&ours.0, &out) < 1e-5 && rel_diff(&ours.1, &dx) < 1e-5);
+    // Scale and shift gradients of both against finite differences.
+    let x64 = random(&[2, 3, 4, 3], 15);
+    let b64 = random(&[3], 16);
+    for grouping in [Grouping::Channel, Grouping::Plane] {
+        let dw = max_error(&random(&[3], 17), &|w| {
+            Ok(normalize_batch(&x64, w, &b64, 1e-5, grouping)?.0)
+        })
+        .unwrap();
+        let db = max_error(&b64, &|b| {
+            Ok(normalize_batch(&x64, &random(&[3], 17), b, 1e-5, grouping)?.0)
+        })
+        .unwrap();
+        let dx = max_error(&x64, &|x| {
+            Ok(normalize_batch(x, &random(&[3], 17), &b64, 1e-5, grouping)?.0)
+        })
+        .unwrap();
+        assert!(
+            dw < TOLERANCE && db < TOLERANCE && dx < TOLERANCE,
+            "{grouping:?}: {dw} {db} {dx}"
+        );
+    }
+}
+
+#[test]
+fn relu_pool_and_upsampling_match_candle_and_finite_differences() {
+    let x = random(&[2, 3, 7, 6], 21);
+    // ReLU: same values and gradient as Candle's.
+    let (a, da, _) = value_and_grads(&x, &x, &|x, _| relu(x));
+    let (b, db, _) = value_and_grads(&x, &x, &|x, _| x.relu());
+    assert!(rel_diff(&a, &b) == 0.0 && rel_diff(&da, &db) == 0.0);
+    // Max pool: Candle's forward; finite differences for the gradient
+    // (Candle's own max_pool2d gradient is scaled by 1/4).
+    let pooled = max_pool_2x2(&x).unwrap();
+    let reference = x.narrow(2, 0, 6).unwrap().max_pool2d(2).unwrap();
+    assert_eq!(rel_diff(&pooled, &reference), 0.0);
+    let err = max_error(&x, &|t| max_pool_2x2(t)).unwrap();
+    assert!(err < TOLERANCE, "{err}");
+    // A window of ties (ReLU zeros): the gradient goes to one element.
+    let zeros =
+        Var::from_tensor(&Tensor::zeros((1, 1, 2, 2), DType::F32, &Device::Cpu).unwrap()).unwrap();
+    let g = max_pool_2x2(zeros.as_tensor())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let g = g
+        .get(zeros.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(g, vec![1.0, 0.0, 0.0, 0.0]);
+    // Nearest upsampling: Candle's values and gradient.
+    let (a, da, _) = value_and_grads(&x, &x, &|x, _| upsample_nearest(x, 3));
+    let (b, db, _) = value_and_grads(&x, &x, &|x, _| x.upsample_nearest2d(21, 18));
+    assert!(rel_diff(&a, &b) == 0.0 && rel_diff(&da, &db) < 1e-12);
+}
