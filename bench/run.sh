@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Seconds per training step, bfx (Candle) beside PyTorch on the same
-# ResNet18, same batch and the same number of threads, measured in one run;
-# writes docs/performance.md. PyTorch comes from PyPI into .venv-bench
-# (a large download the first time).
+# Seconds per training step of bfx's networks with bfx's kernels ("after"),
+# with Candle's own ops ("before") and in PyTorch, on the same network,
+# batch and number of threads, measured one after the other in one run;
+# prints the ratios and writes docs/performance.md. PyTorch comes from
+# PyPI into .venv-bench (a large download the first time).
 #
 # Usage: bench/run.sh [THREADS]   (default 2)
 set -euo pipefail
@@ -16,24 +17,43 @@ fi
 cargo build --release --locked -p bfx-bench
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
-# width batch channels size steps: the issue's setting, then a narrow model.
-for config in "64 32 5 64 10" "32 32 5 64 10" "16 32 4 64 10"; do
-    RAYON_NUM_THREADS=$threads target/release/training-step $config | tee -a "$results"
-    .venv-bench/bin/python bench/training_step.py $config "$threads" | tee -a "$results"
-done
-.venv-bench/bin/python - "$results" "$threads" > docs/performance.md <<'PY'
+steps=10
+run() { # binary python-script args...
+    local bin=$1 script=$2
+    shift 2
+    RAYON_NUM_THREADS=$threads "target/release/$bin" "$@" --candle-ops | tee -a "$results"
+    RAYON_NUM_THREADS=$threads "target/release/$bin" "$@" | tee -a "$results"
+    (cd bench && ../.venv-bench/bin/python "$script" "$@" "$threads") | tee -a "$results"
+}
+# width batch channels size steps [norm]
+run training-step training_step.py 64 32 5 64 $steps bn
+run training-step training_step.py 32 32 5 64 $steps in
+run generator-step generator_step.py 32 32 5 64 $steps
+.venv-bench/bin/python - "$results" "$threads" "$steps" > docs/performance.md <<'PY'
 import json, sys, platform, os
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-threads = sys.argv[2]
+threads, steps = sys.argv[2], sys.argv[3]
 print("# Performance\n")
-print("Made by `bench/run.sh`; do not edit by hand. Medians of 10 timed steps after 2 warm-up steps,")
-print(f"bfx and PyTorch run one after the other in the same invocation, {threads} threads each, on {os.cpu_count()} CPUs ({platform.machine()}).\n")
-print("## Training step (ERM: forward in train mode, cross-entropy, backward, AdamW)\n")
-print("| network | input | batch | bfx (Candle) s/step | PyTorch s/step | bfx / PyTorch |")
-print("|---|---|---|---|---|---|")
-for c, t in zip(rows[0::2], rows[1::2]):
-    print(f"| ResNet18 width {c['width']} | {c['channels']}x{c['size']}x{c['size']} | {c['batch']} | "
-          f"{c['median_s']:.3f} | {t['median_s']:.3f} | {c['median_s'] / t['median_s']:.1f}x |")
-print(f"\nPyTorch: {rows[1]['framework']}. The network is the same layer for layer (bench/training_step.py mirrors trainer/src/nn/resnet.rs).")
+print(f"Made by `bench/run.sh`; do not edit by hand. Medians of {steps} timed steps after 2 warm-up steps;")
+print(f"for each network Candle's own ops (before), bfx's kernels (after) and PyTorch run one after the other")
+print(f"in the same invocation, {threads} threads each, on {os.cpu_count()} CPUs ({platform.machine()}).\n")
+print("## Training step\n")
+print("ResNet rows: ERM (forward in train mode, cross-entropy, backward, AdamW). Generator row: frozen encoder")
+print("on content and style images, UNet-AdaIN decoder, L1 loss, backward, AdamW over the decoder.\n")
+print("| network | input | batch | before (Candle ops) s | after (bfx kernels) s | PyTorch s | after / PyTorch | before / after |")
+print("|---|---|---|---|---|---|---|---|")
+for before, after, torch in zip(rows[0::3], rows[1::3], rows[2::3]):
+    assert before["framework"] == "candle" and after["framework"] == "bfx", (before, after)
+    print(f"| {after['network']} | {after['input']} | {after['batch']} | {before['median_s']:.3f} | "
+          f"{after['median_s']:.3f} | {torch['median_s']:.3f} | {after['median_s'] / torch['median_s']:.2f}x | "
+          f"{before['median_s'] / after['median_s']:.1f}x |")
+print("\n## Where the ResNet step goes (bfx kernels, medians, s)\n")
+print("| network | forward | backward | optimizer |")
+print("|---|---|---|---|")
+for after in rows[1::3]:
+    if "forward_s" in after:
+        print(f"| {after['network']} | {after['forward_s']:.3f} | {after['backward_s']:.3f} | {after['optimizer_s']:.3f} |")
+print(f"\nPyTorch: {rows[2]['framework']}. The networks are the same layer for layer "
+      "(bench/training_step.py mirrors trainer/src/nn/resnet.rs, bench/generator_step.py mirrors bench/src/generator_step.rs).")
 PY
 cat docs/performance.md

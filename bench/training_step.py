@@ -6,7 +6,7 @@ blocks (widths w, 2w, 4w, 8w; strides 1, 2, 2, 2; 1x1 projection shortcuts),
 global average pooling, Linear(8w, 128) embedding, Linear(128, 10)
 classifier; ERM step with AdamW (lr 1e-4, weight decay 0.01) on random data.
 
-Usage: python training_step.py WIDTH BATCH CHANNELS SIZE STEPS THREADS
+Usage: python training_step.py WIDTH BATCH CHANNELS SIZE STEPS NORM THREADS (NORM: bn or in)
 Prints one JSON line (median seconds per step over STEPS after 2 warm-up steps).
 """
 
@@ -18,16 +18,22 @@ import torch
 from torch import nn
 
 
+def make_norm(kind, channels):
+    if kind == "bn":
+        return nn.BatchNorm2d(channels)
+    return nn.InstanceNorm2d(channels, affine=True)
+
+
 class Block(nn.Module):
-    def __init__(self, cin, cout, stride):
+    def __init__(self, cin, cout, stride, norm):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.norm1 = nn.BatchNorm2d(cout)
+        self.norm1 = make_norm(norm, cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.norm2 = nn.BatchNorm2d(cout)
+        self.norm2 = make_norm(norm, cout)
         self.down = None
         if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, 0, bias=False), nn.BatchNorm2d(cout))
+            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, 0, bias=False), make_norm(norm, cout))
 
     def forward(self, x):
         h = torch.relu(self.norm1(self.conv1(x)))
@@ -36,20 +42,29 @@ class Block(nn.Module):
 
 
 class Net(nn.Module):
-    def __init__(self, channels, width, classes=10, embedding=128):
+    def __init__(self, channels, width, classes=10, embedding=128, norm="bn"):
         super().__init__()
         self.stem = nn.Sequential(
-            nn.Conv2d(channels, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2)
+            nn.Conv2d(channels, width, 7, 2, 3, bias=False), make_norm(norm, width), nn.ReLU(), nn.MaxPool2d(2)
         )
         blocks, cin = [], width
         for i in range(4):
             cout = width << i
             for j in range(2):
-                blocks.append(Block(cin if j == 0 else cout, cout, 2 if i > 0 and j == 0 else 1))
+                blocks.append(Block(cin if j == 0 else cout, cout, 2 if i > 0 and j == 0 else 1, norm))
             cin = cout
         self.stages = nn.Sequential(*blocks)
         self.embed = nn.Linear(8 * width, embedding)
         self.head = nn.Linear(embedding, classes)
+
+    def stage_features(self, x):
+        """The feature map after each of the four stages."""
+        h, out = self.stem(x), []
+        for i, block in enumerate(self.stages):
+            h = block(h)
+            if i % 2 == 1:
+                out.append(h)
+        return out
 
     def forward(self, x):
         h = self.stages(self.stem(x)).mean(dim=(2, 3))
@@ -57,10 +72,11 @@ class Net(nn.Module):
 
 
 def main():
-    width, batch, channels, size, steps, threads = (int(a) for a in sys.argv[1:7])
+    width, batch, channels, size, steps = (int(a) for a in sys.argv[1:6])
+    norm, threads = sys.argv[6], int(sys.argv[7])
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    net = Net(channels, width)
+    net = Net(channels, width, norm=norm)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.01)
     x = torch.randn(batch, channels, size, size)
     y = torch.arange(batch) % 10
@@ -76,9 +92,10 @@ def main():
             times.append(time.perf_counter() - started)
     times.sort()
     print(json.dumps({
-        "framework": "pytorch " + torch.__version__, "width": width, "batch": batch, "channels": channels,
-        "size": size, "steps": steps, "median_s": times[len(times) // 2], "min_s": times[0], "max_s": times[-1],
-        "threads": threads,
+        "framework": "pytorch " + torch.__version__,
+        "network": f"ResNet18 width {width} {'BatchNorm' if norm == 'bn' else 'InstanceNorm'}",
+        "input": f"{channels}x{size}x{size}", "batch": batch, "steps": steps,
+        "median_s": times[len(times) // 2], "threads": threads,
     }))
 
 

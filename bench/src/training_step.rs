@@ -10,6 +10,10 @@
 
 use std::time::Instant;
 
+/// The trainer's allocator, so the benchmark measures what `bfx-trainer` runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context;
 use bfx_trainer::model::{self, ModelSpec};
 use bfx_trainer::nn::{NormPass, ResNetSpec, ops};
@@ -17,8 +21,7 @@ use bfx_trainer::optim::{AdamW, trainable};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 
-/// Positional argument `i` as a number.
-pub fn arg(i: usize) -> anyhow::Result<usize> {
+fn arg(i: usize) -> anyhow::Result<usize> {
     let a = std::env::args()
         .nth(i)
         .with_context(|| format!("argument {i} is missing (see the usage in the source)"))?;

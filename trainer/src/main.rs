@@ -17,6 +17,11 @@ use bfx_trainer::{calibrate, sheet};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// Training allocates and frees megabyte tensors every step; mimalloc keeps
+/// them instead of handing pages back to the kernel (see docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Train and evaluate batch-effect-robust models of microscopy screens.
 #[derive(Parser)]
 #[command(name = "bfx-trainer", version, about)]

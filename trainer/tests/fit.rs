@@ -5,50 +5,12 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
 
-use bfx_core::naming::Preset;
 use bfx_trainer::fit::{self, FitError};
-use bfx_trainer::synth::{self, SynthPreset};
 use candle_core::Device;
 use indicatif::ProgressBar;
 
-/// A tiny screen and a config training on it, in `dir`.
-fn setup(dir: &Path, extra: &str) -> std::path::PathBuf {
-    synth::generate(
-        SynthPreset::Tiny,
-        &dir.join("screen"),
-        0,
-        Preset::Imagexpress,
-        &ProgressBar::hidden(),
-    )
-    .expect("tiny screen");
-    let config = dir.join("fit.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[trainer]
-out = "run"
-[trainer.data]
-root = "screen"
-manifest = "screen/manifest.csv"
-cache_dir = "cache"
-[trainer.preprocess]
-channels = ["w1", "w2", "w3", "w4"]
-# Percentiles keep the intensity differences between classes.
-normalization = {{ kind = "percentile", low = [100.0, 100.0, 100.0, 100.0], high = [5000.0, 2500.0, 5000.0, 3000.0], clip = false }}
-geometry = {{ kind = "resize", height = 32, width = 32 }}
-[trainer.model]
-width = 8
-embedding_dim = 32
-[trainer.optim]
-lr = 1e-3
-batch_size = 16
-steps = 200
-{extra}"#
-        ),
-    )
-    .expect("writable temp dir");
-    config
-}
+mod common;
+use common::setup;
 
 fn trainer(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_bfx-trainer"))
