@@ -67,6 +67,11 @@ fn conv3(cin: usize, cout: usize, vb: VarBuilder) -> candle_core::Result<Conv> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // SAFETY: first thing in main, before any thread is started.
+    #[allow(unsafe_code)]
+    unsafe {
+        bfx_trainer::runtime::configure_threads()
+    };
     let (width, batch, channels, size, steps) = (arg(1)?, arg(2)?, arg(3)?, arg(4)?, arg(5)?);
     let candle_ops = std::env::args().any(|a| a == "--candle-ops");
     ops::use_candle_ops(candle_ops);

@@ -30,6 +30,11 @@ fn arg(i: usize) -> anyhow::Result<usize> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // SAFETY: first thing in main, before any thread is started.
+    #[allow(unsafe_code)]
+    unsafe {
+        bfx_trainer::runtime::configure_threads()
+    };
     let (width, batch, channels, size, steps) = (arg(1)?, arg(2)?, arg(3)?, arg(4)?, arg(5)?);
     let instance_norm = match std::env::args().nth(6).as_deref() {
         Some("bn") => false,

@@ -13,5 +13,6 @@ pub mod model;
 pub mod nn;
 pub mod optim;
 pub mod random;
+pub mod runtime;
 pub mod sheet;
 pub mod synth;

@@ -261,6 +261,12 @@ fn naming_arg() -> impl clap::builder::TypedValueParser<Value = Preset> {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: first thing in main, before any thread is started.
+    #[allow(unsafe_code)]
+    unsafe {
+        bfx_trainer::runtime::configure_threads()
+    };
+    bfx_trainer::runtime::kernels_from_env();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),

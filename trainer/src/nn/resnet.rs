@@ -15,7 +15,7 @@ use bfx_core::arch::BlockShape;
 pub use bfx_core::arch::ResNetSpec;
 
 use super::norm::{Norm, NormPass};
-use super::ops::{Conv, ConvConfig, relu};
+use super::ops::{Conv, ConvConfig, add_relu, relu};
 
 /// A residual basic block: conv-norm-relu-conv-norm plus a shortcut.
 #[derive(Clone, Debug)]
@@ -66,7 +66,7 @@ impl BasicBlock {
             Some((c, n)) => n.forward(&x.apply(c)?, pass)?,
             None => x.clone(),
         };
-        relu(&(h + skip)?)
+        add_relu(&h, &skip)
     }
 }
 

@@ -151,6 +151,12 @@ impl Geometry {
         Ok(geometry)
     }
 
+    /// A 1x1 convolution with stride 1 and no padding: its patch matrix
+    /// is the input with batch and channel axes swapped.
+    pub fn pointwise(&self) -> bool {
+        (self.kh, self.kw, self.cfg.stride, self.cfg.padding) == (1, 1, 1, 0)
+    }
+
     /// Output positions per image.
     pub fn p(&self) -> usize {
         self.ho * self.wo
@@ -184,6 +190,9 @@ impl Geometry {
 /// row `(c, i, j)`, column `(n, oh, ow)` holds `x[n, c, oh*s + i*d - pad,
 /// ow*s + j*d - pad]`, zero outside the image.
 pub fn im2col<T: WithDType>(x: &[T], g: &Geometry) -> Vec<T> {
+    if g.pointwise() {
+        return swap01(x, g.n, g.c, g.h * g.w);
+    }
     let (p, np, hw) = (g.p(), g.n * g.p(), g.h * g.w);
     let (s, d, pad) = (g.cfg.stride, g.cfg.dilation, g.cfg.padding);
     let zero = T::from_f64(0.0);
@@ -218,6 +227,9 @@ pub fn im2col<T: WithDType>(x: &[T], g: &Geometry) -> Vec<T> {
 /// The adjoint of [`im2col`]: every patch entry of `cols` added back to
 /// the input position it came from, giving `[n, c, h, w]`.
 pub fn col2im<T: WithDType>(cols: &[T], g: &Geometry) -> Vec<T> {
+    if g.pointwise() {
+        return swap01(cols, g.c, g.n, g.h * g.w);
+    }
     let (p, np, hw) = (g.p(), g.n * g.p(), g.h * g.w);
     let (s, d, pad) = (g.cfg.stride, g.cfg.dilation, g.cfg.padding);
     let mut x = vec![T::from_f64(0.0); g.input_len()];

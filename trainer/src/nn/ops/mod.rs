@@ -24,7 +24,7 @@ use candle_core::{DType, Device, Result, Tensor, WithDType};
 
 pub use self::im2col::ConvConfig;
 pub use self::norm::{Grouping, normalize_batch, normalize_given};
-pub use self::pointwise::{max_pool_2x2, relu, upsample_nearest};
+pub use self::pointwise::{add_relu, max_pool_2x2, relu, upsample_nearest};
 
 static CANDLE_ONLY: AtomicBool = AtomicBool::new(false);
 

@@ -97,26 +97,23 @@ fn per_stat(
         .collect()
 }
 
-/// Mean and biased variance of each statistic's planes of `x`.
+/// Mean and biased variance of each statistic's planes of `x`, in one
+/// pass (f64 sums of x and x^2 keep E[x^2] - E[x]^2 exact enough for f32
+/// activations).
 fn moments<T: WithDType>(x: &[T], d: &Dims) -> (Vec<f64>, Vec<f64>) {
     let m = d.members().max(1) as f64;
-    let mean: Vec<f64> = per_stat(d, |_, r| [x[r].iter().map(|v| v.to_f64()).sum(), 0.0])
-        .into_iter()
-        .map(|[s, _]| s / m)
-        .collect();
-    let var = per_stat(d, |q, r| {
-        let mu = mean[d.stat_of(q)];
-        [
-            x[r].iter()
-                .map(|v| (v.to_f64() - mu) * (v.to_f64() - mu))
-                .sum(),
-            0.0,
-        ]
+    per_stat(d, |_, r| {
+        x[r].iter().fold([0.0, 0.0], |[s, q], v| {
+            let v = v.to_f64();
+            [s + v, q + v * v]
+        })
     })
     .into_iter()
-    .map(|[s, _]| s / m)
-    .collect();
-    (mean, var)
+    .map(|[s, q]| {
+        let mean = s / m;
+        (mean, (q / m - mean * mean).max(0.0))
+    })
+    .unzip()
 }
 
 /// `y = (x - mean) * invstd * weight + bias`; gradients flow to x

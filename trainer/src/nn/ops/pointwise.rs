@@ -2,7 +2,7 @@
 //! nearest upsampling as a broadcast (its backward is a sum).
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 use super::{cpu_slice, fast, from_vec};
@@ -82,6 +82,73 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
         return x.relu();
     }
     x.contiguous()?.apply_op1(Relu)
+}
+
+/// `max(a + b, 0)`: the residual join of a ResNet block in one pass.
+struct AddRelu;
+
+fn add_relu_fwd<T: WithDType>(a: &[T], b: &[T]) -> Vec<T> {
+    let zero = T::from_f64(0.0);
+    let mut y = vec![zero; a.len()];
+    y.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(y, (a, b))| {
+            for ((o, u), v) in y.iter_mut().zip(a).zip(b) {
+                let s = *u + *v;
+                *o = if s > zero { s } else { zero };
+            }
+        });
+    y
+}
+
+impl CustomOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "bfx-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if l1.dims() != l2.dims() {
+            candle_core::bail!("add-relu of shapes {:?} and {:?}", l1.dims(), l2.dims());
+        }
+        let shape = l1.shape().clone();
+        match (s1, s2) {
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => Ok((
+                CpuStorage::F32(add_relu_fwd(contiguous(a, l1)?, contiguous(b, l2)?)),
+                shape,
+            )),
+            (CpuStorage::F64(a), CpuStorage::F64(b)) => Ok((
+                CpuStorage::F64(add_relu_fwd(contiguous(a, l1)?, contiguous(b, l2)?)),
+                shape,
+            )),
+            _ => candle_core::bail!("bfx-add-relu runs on f32 or f64, not {:?}", s1.dtype()),
+        }
+    }
+
+    fn bwd(
+        &self,
+        _: &Tensor,
+        _: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let d = Relu.bwd(y, y, dy)?;
+        Ok((d.clone(), d))
+    }
+}
+
+/// `max(a + b, 0)` in one pass; the gradient passes to both where the
+/// output is positive.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if !fast(a) || a.dims() != b.dims() {
+        return (a + b)?.relu();
+    }
+    a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
 }
 
 /// 2x2 max pool with stride 2 over `[n, c, h, w]`; an odd last row or
@@ -201,13 +268,102 @@ pub fn max_pool_2x2(x: &Tensor) -> Result<Tensor> {
     x.reshape((n, c, h2, 2, w2, 2))?.max(5)?.max(3)
 }
 
-/// Nearest-neighbour upsampling of `[n, c, h, w]` by an integer factor:
-/// a broadcast and a reshape, so the backward is a sum over each block
-/// (Candle's `upsample_nearest2d` backward is a slow grouped convolution).
+/// Nearest-neighbour upsampling by an integer factor: each input pixel
+/// becomes a `factor x factor` block; the backward sums each block.
+struct Upsample(usize);
+
+fn upsample_fwd<T: WithDType>(x: &[T], dims: &[usize], f: usize) -> Vec<T> {
+    let (h, w) = (dims[2], dims[3]);
+    let mut y = vec![T::from_f64(0.0); x.len() * f * f];
+    y.par_chunks_mut((h * w * f * f).max(1))
+        .enumerate()
+        .for_each(|(q, out)| {
+            let plane = &x[q * h * w..][..h * w];
+            for (oy, row) in out.chunks_mut(w * f).enumerate() {
+                let src = &plane[(oy / f) * w..][..w];
+                for (o, v) in row.chunks_mut(f).zip(src) {
+                    o.fill(*v);
+                }
+            }
+        });
+    y
+}
+
+fn upsample_bwd<T: WithDType>(dy: &[T], dims: &[usize], f: usize) -> Vec<T> {
+    let (h, w) = (dims[2], dims[3]);
+    let mut dx = vec![T::from_f64(0.0); dims.iter().product()];
+    dx.par_chunks_mut((h * w).max(1))
+        .enumerate()
+        .for_each(|(q, out)| {
+            let grads = &dy[q * h * w * f * f..][..h * w * f * f];
+            for (oy, row) in grads.chunks(w * f).enumerate() {
+                let dst = &mut out[(oy / f) * w..][..w];
+                for (o, block) in dst.iter_mut().zip(row.chunks(f)) {
+                    for g in block {
+                        *o += *g;
+                    }
+                }
+            }
+        });
+    dx
+}
+
+impl CustomOp1 for Upsample {
+    fn name(&self) -> &'static str {
+        "bfx-upsample-nearest"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let &[n, c, h, w] = l.dims() else {
+            candle_core::bail!("upsampling wants [n, c, h, w], got {:?}", l.dims());
+        };
+        let f = self.0;
+        let shape = Shape::from((n, c, h * f, w * f));
+        match s {
+            CpuStorage::F32(x) => Ok((
+                CpuStorage::F32(upsample_fwd(contiguous(x, l)?, l.dims(), f)),
+                shape,
+            )),
+            CpuStorage::F64(x) => Ok((
+                CpuStorage::F64(upsample_fwd(contiguous(x, l)?, l.dims(), f)),
+                shape,
+            )),
+            _ => candle_core::bail!(
+                "bfx-upsample-nearest runs on f32 or f64, not {:?}",
+                s.dtype()
+            ),
+        }
+    }
+
+    fn bwd(&self, x: &Tensor, _: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let dims = x.dims();
+        let dx = match x.dtype() {
+            candle_core::DType::F32 => from_vec(
+                cpu_slice::<f32, _>(dy, |dy| upsample_bwd(dy, dims, self.0))?,
+                dims,
+                x.device(),
+            )?,
+            _ => from_vec(
+                cpu_slice::<f64, _>(dy, |dy| upsample_bwd(dy, dims, self.0))?,
+                dims,
+                x.device(),
+            )?,
+        };
+        Ok(Some(dx))
+    }
+}
+
+/// Nearest-neighbour upsampling of `[n, c, h, w]` by an integer factor
+/// (Candle's `upsample_nearest2d` backward is a slow grouped
+/// convolution); on other devices a broadcast and a reshape, whose
+/// backward is the same sum.
 pub fn upsample_nearest(x: &Tensor, factor: usize) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     if factor == 0 {
         candle_core::bail!("upsampling factor must be at least 1");
+    }
+    if fast(x) {
+        return x.contiguous()?.apply_op1(Upsample(factor));
     }
     x.reshape((n, c, h, 1, w, 1))?
         .broadcast_as((n, c, h, factor, w, factor))?

@@ -375,6 +375,11 @@ fn relu_pool_and_upsampling_match_candle_and_finite_differences() {
     let (a, da, _) = value_and_grads(&x, &x, &|x, _| relu(x));
     let (b, db, _) = value_and_grads(&x, &x, &|x, _| x.relu());
     assert!(rel_diff(&a, &b) == 0.0 && rel_diff(&da, &db) == 0.0);
+    // Residual join: the same as adding, then ReLU.
+    let other = random(&[2, 3, 7, 6], 22);
+    let (a, da, db_) = value_and_grads(&x, &other, &|x, o| add_relu(x, o));
+    let (b, db, dbb) = value_and_grads(&x, &other, &|x, o| (x + o)?.relu());
+    assert!(rel_diff(&a, &b) == 0.0 && rel_diff(&da, &db) == 0.0 && rel_diff(&db_, &dbb) == 0.0);
     // Max pool: Candle's forward; finite differences for the gradient
     // (Candle's own max_pool2d gradient is scaled by 1/4).
     let pooled = max_pool_2x2(&x).unwrap();
