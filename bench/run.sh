@@ -21,7 +21,8 @@ steps=10
 run() { # binary python-script args...
     local bin=$1 script=$2
     shift 2
-    RAYON_NUM_THREADS=$threads "target/release/$bin" "$@" --candle-ops | tee -a "$results"
+    # Before: Candle's ops with Candle's own pool at its default size.
+    CANDLE_NUM_THREADS=$threads RAYON_NUM_THREADS=$threads "target/release/$bin" "$@" --candle-ops | tee -a "$results"
     RAYON_NUM_THREADS=$threads "target/release/$bin" "$@" | tee -a "$results"
     (cd bench && ../.venv-bench/bin/python "$script" "$@" "$threads") | tee -a "$results"
 }
@@ -38,7 +39,7 @@ print(f"Made by `bench/run.sh`; do not edit by hand. Medians of {steps} timed st
 print(f"for each network Candle's own ops (before), bfx's kernels (after) and PyTorch run one after the other")
 print(f"in the same invocation, {threads} threads each, on {os.cpu_count()} CPUs ({platform.machine()}).")
 print("bfx runs as `bfx-trainer` does: mimalloc as allocator, Candle's own thread pool at one thread")
-print("(trainer/src/runtime.rs); \"before\" is the same binary with Candle's ops (`BFX_KERNELS=candle`).\n")
+print("(trainer/src/runtime.rs); \"before\" is the same binary with Candle's ops and Candle's pool at its default size.\n")
 print("## Training step\n")
 print("ResNet rows: ERM (forward in train mode, cross-entropy, backward, AdamW). Generator row: frozen encoder")
 print("on content and style images, UNet-AdaIN decoder, L1 loss, backward, AdamW over the decoder.\n")
