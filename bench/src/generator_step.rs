@@ -16,20 +16,12 @@ use std::time::Instant;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use anyhow::Context;
+use bfx_bench::{arg, median};
 use bfx_trainer::nn::ops::{self, Conv, ConvConfig, Grouping, relu, upsample_nearest};
 use bfx_trainer::nn::{NormPass, ResNet, ResNetSpec};
 use bfx_trainer::optim::{AdamW, trainable};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-
-fn arg(i: usize) -> anyhow::Result<usize> {
-    let a = std::env::args()
-        .nth(i)
-        .with_context(|| format!("argument {i} is missing (see the usage in the source)"))?;
-    a.parse()
-        .with_context(|| format!("argument {i} ({a:?}) is not a number"))
-}
 
 /// Per image and channel: mean and standard deviation over space.
 fn style(h: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
@@ -128,14 +120,13 @@ fn main() -> anyhow::Result<()> {
             times.push(started.elapsed().as_secs_f64());
         }
     }
-    times.sort_by(f64::total_cmp);
     println!(
         "{}",
         serde_json::json!({
             "framework": if candle_ops { "candle" } else { "bfx" },
             "network": format!("IST generator (ResNet18 IN width {width} + UNet-AdaIN decoder)"),
             "input": format!("{channels}x{size}x{size}"), "batch": batch, "steps": steps,
-            "median_s": times[times.len() / 2],
+            "median_s": median(times),
             "threads": std::env::var("RAYON_NUM_THREADS").unwrap_or_default(),
         })
     );

@@ -14,20 +14,12 @@ use std::time::Instant;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use anyhow::Context;
+use bfx_bench::{arg, median};
 use bfx_trainer::model::{self, ModelSpec};
 use bfx_trainer::nn::{NormPass, ResNetSpec, ops};
 use bfx_trainer::optim::{AdamW, trainable};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-
-fn arg(i: usize) -> anyhow::Result<usize> {
-    let a = std::env::args()
-        .nth(i)
-        .with_context(|| format!("argument {i} is missing (see the usage in the source)"))?;
-    a.parse()
-        .with_context(|| format!("argument {i} ({a:?}) is not a number"))
-}
 
 fn main() -> anyhow::Result<()> {
     // SAFETY: first thing in main, before any thread is started.
@@ -92,10 +84,4 @@ fn main() -> anyhow::Result<()> {
         })
     );
     Ok(())
-}
-
-/// Median of a non-empty sample.
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }

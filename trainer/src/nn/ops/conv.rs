@@ -17,7 +17,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDTyp
 
 use super::gemm::{Strides, gemm};
 use super::im2col::{ConvConfig, Geometry, col2im, im2col, swap01};
-use super::{cpu_slice, from_vec, threads};
+use super::{contiguous, cpu_slice, from_vec, threads};
 
 /// `[n, o, p]` output of the convolution `g` of `x` by `w`.
 pub fn forward<T: WithDType>(x: &[T], w: &[T], g: &Geometry) -> Vec<T> {
@@ -124,38 +124,42 @@ impl CustomOp2 for Conv2d {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = Geometry::conv(x.dims(), w.dims(), self.0)?;
-        let need_dx = x.track_op();
-        macro_rules! grads {
-            ($t:ty) => {{
-                let dyt = cpu_slice::<$t, _>(dy, |dy| output_grad_t(dy, &g))?;
-                let dw = cpu_slice::<$t, _>(x, |x| weight_grad(x, &dyt, &g))?;
-                let dx = if need_dx {
-                    Some(cpu_slice::<$t, _>(w, |w| input_grad(w, &dyt, &g))?)
-                } else {
-                    None
-                };
-                (dx, dw)
-            }};
-        }
-        let device = x.device();
         match x.dtype() {
-            candle_core::DType::F32 => {
-                let (dx, dw) = grads!(f32);
-                Ok((
-                    dx.map(|d| from_vec(d, x.dims(), device)).transpose()?,
-                    Some(from_vec(dw, w.dims(), device)?),
-                ))
-            }
-            candle_core::DType::F64 => {
-                let (dx, dw) = grads!(f64);
-                Ok((
-                    dx.map(|d| from_vec(d, x.dims(), device)).transpose()?,
-                    Some(from_vec(dw, w.dims(), device)?),
-                ))
-            }
+            candle_core::DType::F32 => conv_grads::<f32>(x, w, dy, &g),
+            candle_core::DType::F64 => conv_grads::<f64>(x, w, dy, &g),
             other => candle_core::bail!("bfx-conv2d runs on f32 or f64, not {other:?}"),
         }
     }
+}
+
+/// Input (when `x` needs one) and weight gradients of the convolution `g`.
+fn conv_grads<T: WithDType>(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    g: &Geometry,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let dyt = cpu_slice::<T, _>(dy, |dy| output_grad_t(dy, g))?;
+    let dw = cpu_slice::<T, _>(x, |x| weight_grad(x, &dyt, g))?;
+    let dx = if x.track_op() {
+        Some(cpu_slice::<T, _>(w, |w| input_grad(w, &dyt, g))?)
+    } else {
+        None
+    };
+    gradient_tensors(dx, dw, x, w)
+}
+
+/// Gradients as tensors shaped like the input and the weight.
+fn gradient_tensors<T: WithDType>(
+    dx: Option<Vec<T>>,
+    dw: Vec<T>,
+    x: &Tensor,
+    w: &Tensor,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    Ok((
+        dx.map(|d| from_vec(d, x.dims(), x.device())).transpose()?,
+        Some(from_vec(dw, w.dims(), w.device())?),
+    ))
 }
 
 /// `y = conv_transpose2d(x, w)` on the CPU (`w: [c_in, c_out/g, kh, kw]`).
@@ -212,49 +216,32 @@ impl CustomOp2 for ConvTranspose2d {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = Geometry::transposed(x.dims(), w.dims(), self.cfg, self.output_padding)?;
-        let need_dx = x.track_op();
-        macro_rules! grads {
-            ($t:ty) => {{
-                // dy has the convolution's input shape: its forward gives dx,
-                // and its weight gradient against x (as dY) gives dw.
-                let xt = cpu_slice::<$t, _>(x, |x| output_grad_t(x, &g))?;
-                let dw = cpu_slice::<$t, _>(dy, |dy| weight_grad(dy, &xt, &g))?;
-                let dx = if need_dx {
-                    Some(cpu_slice::<$t, _>(dy, |dy| {
-                        cpu_slice::<$t, _>(w, |w| forward(dy, w, &g))
-                    })??)
-                } else {
-                    None
-                };
-                (dx, dw)
-            }};
-        }
-        let device = x.device();
         match x.dtype() {
-            candle_core::DType::F32 => {
-                let (dx, dw) = grads!(f32);
-                Ok((
-                    dx.map(|d| from_vec(d, x.dims(), device)).transpose()?,
-                    Some(from_vec(dw, w.dims(), device)?),
-                ))
-            }
-            candle_core::DType::F64 => {
-                let (dx, dw) = grads!(f64);
-                Ok((
-                    dx.map(|d| from_vec(d, x.dims(), device)).transpose()?,
-                    Some(from_vec(dw, w.dims(), device)?),
-                ))
-            }
+            candle_core::DType::F32 => transposed_grads::<f32>(x, w, dy, &g),
+            candle_core::DType::F64 => transposed_grads::<f64>(x, w, dy, &g),
             other => candle_core::bail!("bfx-conv-transpose2d runs on f32 or f64, not {other:?}"),
         }
     }
 }
 
-/// The elements of a contiguous layout (the dispatch functions make
-/// every input contiguous before applying an op).
-fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("bfx ops want contiguous inputs"),
-    }
+/// Gradients of the transposed convolution of `x` by `w`, whose output
+/// gradient `dy` has the shape of the convolution `g`'s input: that
+/// convolution's forward gives dx, its weight gradient against x (as dY)
+/// gives dw.
+fn transposed_grads<T: WithDType>(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    g: &Geometry,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let xt = cpu_slice::<T, _>(x, |x| output_grad_t(x, g))?;
+    let dw = cpu_slice::<T, _>(dy, |dy| weight_grad(dy, &xt, g))?;
+    let dx = if x.track_op() {
+        Some(cpu_slice::<T, _>(dy, |dy| {
+            cpu_slice::<T, _>(w, |w| forward(dy, w, g))
+        })??)
+    } else {
+        None
+    };
+    gradient_tensors(dx, dw, x, w)
 }

@@ -61,6 +61,15 @@ fn cpu_slice<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Result<R
     }
 }
 
+/// The elements of a contiguous layout (the dispatch functions make
+/// every input contiguous before applying an op).
+fn contiguous<'a, T>(data: &'a [T], layout: &candle_core::Layout) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("bfx ops want contiguous inputs"),
+    }
+}
+
 /// A tensor of `dims` from `data`.
 fn from_vec<T: WithDType>(data: Vec<T>, dims: &[usize], device: &Device) -> Result<Tensor> {
     Tensor::from_vec(data, dims, device)

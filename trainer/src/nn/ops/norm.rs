@@ -12,7 +12,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::{cpu_slice, from_vec};
+use super::{contiguous, cpu_slice, from_vec};
 
 /// Which planes share a statistic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,18 +205,21 @@ impl CustomOp3 for Normalize {
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let shape = xl.shape().clone();
-        let part = |l: &Layout| {
-            l.contiguous_offsets()
-                .ok_or_else(|| candle_core::Error::Msg("bfx ops want contiguous inputs".into()))
-        };
-        let ((x0, x1), (w0, w1), (b0, b1)) = (part(xl)?, part(wl)?, part(bl)?);
         match (xs, ws, bs) {
             (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => Ok((
-                CpuStorage::F32(self.forward(&x[x0..x1], &w[w0..w1], &b[b0..b1])),
+                CpuStorage::F32(self.forward(
+                    contiguous(x, xl)?,
+                    contiguous(w, wl)?,
+                    contiguous(b, bl)?,
+                )),
                 shape,
             )),
             (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => Ok((
-                CpuStorage::F64(self.forward(&x[x0..x1], &w[w0..w1], &b[b0..b1])),
+                CpuStorage::F64(self.forward(
+                    contiguous(x, xl)?,
+                    contiguous(w, wl)?,
+                    contiguous(b, bl)?,
+                )),
                 shape,
             )),
             _ => candle_core::bail!("bfx-normalize runs on f32 or f64, not {:?}", xs.dtype()),

@@ -5,17 +5,10 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::{cpu_slice, fast, from_vec};
+use super::{contiguous, cpu_slice, fast, from_vec};
 
 /// Elements per parallel chunk of elementwise loops.
 const CHUNK: usize = 1 << 14;
-
-fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
-    layout
-        .contiguous_offsets()
-        .map(|(a, b)| &data[a..b])
-        .ok_or_else(|| candle_core::Error::Msg("bfx ops want contiguous inputs".into()))
-}
 
 struct Relu;
 
