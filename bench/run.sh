@@ -50,7 +50,14 @@ for before, after, torch in zip(rows[0::3], rows[1::3], rows[2::3]):
     print(f"| {after['network']} | {after['input']} | {after['batch']} | {before['median_s']:.3f} | "
           f"{after['median_s']:.3f} | {torch['median_s']:.3f} | {after['median_s'] / torch['median_s']:.2f}x | "
           f"{before['median_s'] / after['median_s']:.1f}x |")
-print("\n## Where the ResNet step goes (bfx kernels, medians, s)\n")
+print("\n## Inference forward (embedding, running statistics)\n")
+print("| network | input | batch | before (Candle ops) s | after (bfx kernels) s | PyTorch s | after / PyTorch |")
+print("|---|---|---|---|---|---|---|")
+for before, after, torch in zip(rows[0::3], rows[1::3], rows[2::3]):
+    if "inference_s" in after:
+        print(f"| {after['network']} | {after['input']} | {after['batch']} | {before['inference_s']:.3f} | "
+              f"{after['inference_s']:.3f} | {torch['inference_s']:.3f} | {after['inference_s'] / torch['inference_s']:.2f}x |")
+print("\n## Where the ResNet training step goes (bfx kernels, medians, s)\n")
 print("| network | forward | backward | optimizer |")
 print("|---|---|---|---|")
 for after in rows[1::3]:

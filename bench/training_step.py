@@ -7,7 +7,8 @@ global average pooling, Linear(8w, 128) embedding, Linear(128, 10)
 classifier; ERM step with AdamW (lr 1e-4, weight decay 0.01) on random data.
 
 Usage: python training_step.py WIDTH BATCH CHANNELS SIZE STEPS NORM THREADS (NORM: bn or in)
-Prints one JSON line (median seconds per step over STEPS after 2 warm-up steps).
+Prints one JSON line (median seconds per step over STEPS after 2 warm-up steps,
+and per inference forward pass in eval mode without autograd).
 """
 
 import json
@@ -91,11 +92,21 @@ def main():
         if i >= 2:
             times.append(time.perf_counter() - started)
     times.sort()
+    # Inference: eval mode without autograd, after one untimed pass.
+    net.eval()
+    inference = []
+    with torch.inference_mode():
+        for i in range(steps + 1):
+            started = time.perf_counter()
+            net.embed(net.stages(net.stem(x)).mean(dim=(2, 3))).sum().item()
+            if i >= 1:
+                inference.append(time.perf_counter() - started)
+    inference.sort()
     print(json.dumps({
         "framework": "pytorch " + torch.__version__,
         "network": f"ResNet18 width {width} {'BatchNorm' if norm == 'bn' else 'InstanceNorm'}",
         "input": f"{channels}x{size}x{size}", "batch": batch, "steps": steps,
-        "median_s": times[len(times) // 2], "threads": threads,
+        "median_s": times[len(times) // 2], "inference_s": inference[len(inference) // 2], "threads": threads,
     }))
 
 

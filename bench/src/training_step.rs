@@ -1,5 +1,6 @@
 //! Seconds per training step of bfx's ResNet18 (ERM: forward in train
-//! mode, cross-entropy, backward, AdamW) on random data, as one JSON line,
+//! mode, cross-entropy, backward, AdamW) and per inference forward pass
+//! (running statistics) on random data, as one JSON line,
 //! with bfx's kernels or with Candle's own ops (`--candle-ops`, the
 //! "before"). `bench/training_step.py` measures the same network in
 //! PyTorch; `bench/run.sh` runs all of them side by side and writes
@@ -73,6 +74,18 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let [total, forward, backward, optimizer] = phases.map(median);
+    // Inference: the embedding pass the exporter and `eval` run, with the
+    // running statistics, after one untimed pass.
+    let mut inference = Vec::with_capacity(steps);
+    for i in 0..steps + 1 {
+        let started = Instant::now();
+        let (embedding, _) = net.forward(&x, &mut NormPass::eval())?;
+        let _ = embedding.sum_all()?.to_scalar::<f32>()?;
+        if i >= 1 {
+            inference.push(started.elapsed().as_secs_f64());
+        }
+    }
+    let inference = median(inference);
     println!(
         "{}",
         serde_json::json!({
@@ -80,6 +93,7 @@ fn main() -> anyhow::Result<()> {
             "network": format!("ResNet18 width {width} {}", if instance_norm { "InstanceNorm" } else { "BatchNorm" }),
             "input": format!("{channels}x{size}x{size}"), "batch": batch, "steps": steps,
             "median_s": total, "forward_s": forward, "backward_s": backward, "optimizer_s": optimizer,
+            "inference_s": inference,
             "threads": std::env::var("RAYON_NUM_THREADS").unwrap_or_default(),
         })
     );
