@@ -80,8 +80,11 @@ impl Geometry {
             );
         }
         let out = |size: usize, k: usize| -> Result<usize> {
+            if k == 0 {
+                candle_core::bail!("convolution kernel of size 0");
+            }
             let span = dilation * (k - 1) + 1;
-            if k == 0 || size + 2 * padding < span {
+            if size + 2 * padding < span {
                 candle_core::bail!(
                     "convolution kernel {k} (dilation {dilation}) exceeds input {size} padded by {padding}"
                 );
@@ -133,6 +136,9 @@ impl Geometry {
             );
         }
         let size = |i: usize, k: usize| -> Result<usize> {
+            if i == 0 || k == 0 {
+                candle_core::bail!("transposed convolution of size {i} by kernel {k}");
+            }
             let full = (i - 1) * stride + dilation * (k - 1) + output_padding + 1;
             full.checked_sub(2 * padding)
                 .filter(|s| *s > 0)

@@ -298,6 +298,11 @@ fn shapes_that_do_not_fit_are_refused() {
     assert!(conv2d(&x, &w, ConvConfig::default()).is_err());
     let w = Tensor::zeros((2, 4, 7, 7), DType::F32, &Device::Cpu).unwrap();
     assert!(conv2d(&x, &w, ConvConfig::default()).is_err());
+    let w = Tensor::zeros((2, 4, 0, 0), DType::F32, &Device::Cpu).unwrap();
+    assert!(conv2d(&x, &w, ConvConfig::default()).is_err());
+    let empty = Tensor::zeros((1, 4, 0, 3), DType::F32, &Device::Cpu).unwrap();
+    let w = Tensor::zeros((4, 2, 3, 3), DType::F32, &Device::Cpu).unwrap();
+    assert!(conv_transpose2d(&empty, &w, ConvConfig::default(), 0).is_err());
 }
 
 #[test]
