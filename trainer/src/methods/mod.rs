@@ -3,6 +3,7 @@
 //! [`build`].
 
 mod abra;
+pub mod contrastive;
 mod dann;
 mod erm;
 pub mod layers;
