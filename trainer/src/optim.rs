@@ -122,6 +122,7 @@ mod fused {
     use rayon::prelude::*;
 
     use super::{BETA1, BETA2, EPS};
+    use crate::nn::ops::cpu_slice;
 
     /// Learning rate, decay and this step's bias corrections.
     #[derive(Clone, Copy)]
@@ -132,8 +133,40 @@ mod fused {
         pub c2: f64,
     }
 
-    fn slice<T: WithDType>(t: &Tensor) -> Result<Vec<T>> {
-        t.flatten_all()?.to_vec1::<T>()
+    /// New parameter and moments from the old ones and the gradient.
+    fn kernel<T: WithDType>(
+        p: &[T],
+        g: &[T],
+        m: &[T],
+        v: &[T],
+        h: Hyper,
+    ) -> (Vec<T>, Vec<T>, Vec<T>) {
+        let zero = T::from_f64(0.0);
+        let (mut p2, mut m2, mut v2) = (
+            vec![zero; p.len()],
+            vec![zero; p.len()],
+            vec![zero; p.len()],
+        );
+        let decay = 1.0 - h.lr * h.weight_decay;
+        const CHUNK: usize = 4096;
+        p2.par_chunks_mut(CHUNK)
+            .zip(m2.par_chunks_mut(CHUNK))
+            .zip(v2.par_chunks_mut(CHUNK))
+            .enumerate()
+            .for_each(|(c, ((p2, m2), v2))| {
+                let base = c * CHUNK;
+                for i in 0..p2.len() {
+                    let k = base + i;
+                    let gi = g[k].to_f64();
+                    let mi = BETA1 * m[k].to_f64() + (1.0 - BETA1) * gi;
+                    let vi = BETA2 * v[k].to_f64() + (1.0 - BETA2) * gi * gi;
+                    let step = (mi / h.c1) / ((vi / h.c2).sqrt() + EPS);
+                    p2[i] = T::from_f64(p[k].to_f64() * decay - h.lr * step);
+                    m2[i] = T::from_f64(mi);
+                    v2[i] = T::from_f64(vi);
+                }
+            });
+        (p2, m2, v2)
     }
 
     fn update<T: WithDType>(
@@ -143,30 +176,13 @@ mod fused {
         v: &Tensor,
         h: Hyper,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        let (mut p_, g_, mut m_, mut v_) = (
-            slice::<T>(p)?,
-            slice::<T>(g)?,
-            slice::<T>(m)?,
-            slice::<T>(v)?,
-        );
-        let decay = 1.0 - h.lr * h.weight_decay;
-        p_.par_chunks_mut(4096)
-            .zip(m_.par_chunks_mut(4096))
-            .zip(v_.par_chunks_mut(4096))
-            .zip(g_.par_chunks(4096))
-            .for_each(|(((p, m), v), g)| {
-                for i in 0..p.len() {
-                    let gi = g[i].to_f64();
-                    let mi = BETA1 * m[i].to_f64() + (1.0 - BETA1) * gi;
-                    let vi = BETA2 * v[i].to_f64() + (1.0 - BETA2) * gi * gi;
-                    let step = (mi / h.c1) / ((vi / h.c2).sqrt() + EPS);
-                    p[i] = T::from_f64(p[i].to_f64() * decay - h.lr * step);
-                    m[i] = T::from_f64(mi);
-                    v[i] = T::from_f64(vi);
-                }
-            });
+        let (p2, m2, v2) = cpu_slice::<T, _>(p, |ps| {
+            cpu_slice::<T, _>(g, |gs| {
+                cpu_slice::<T, _>(m, |ms| cpu_slice::<T, _>(v, |vs| kernel(ps, gs, ms, vs, h)))
+            })
+        })????;
         let back = |data: Vec<T>| Tensor::from_vec(data, p.dims(), p.device());
-        Ok((back(p_)?, back(m_)?, back(v_)?))
+        Ok((back(p2)?, back(m2)?, back(v2)?))
     }
 
     /// New `(parameter, first moment, second moment)`.
