@@ -1,14 +1,16 @@
 //! Fast CPU kernels for the layers that dominate a training step, as
 //! Candle custom ops with their own backward passes: convolution and
 //! transposed convolution as im2col + GEMM (Candle computes every
-//! convolution input gradient with direct loops and no GEMM), and
-//! BatchNorm/InstanceNorm fused into one pass each way, ReLU and max
-//! pooling in one pass each way.
+//! convolution input gradient with direct loops and no GEMM);
+//! BatchNorm/InstanceNorm, ReLU, the residual add+ReLU, the 2x2 max pool
+//! and nearest upsampling in one pass each way. (The fused AdamW step is
+//! in `optim`.)
 //!
 //! Each public function takes Candle's path for tensors it does not
 //! handle (a CUDA device, half precision), so `cuda` builds keep working
 //! with Candle's own (cuDNN) kernels; the results are the same to
-//! rounding, which `tests` checks against Candle's reference ops.
+//! rounding, which `tests` checks against Candle's reference ops and
+//! finite differences.
 
 mod conv;
 mod gemm;
