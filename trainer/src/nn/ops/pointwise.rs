@@ -53,19 +53,14 @@ impl CustomOp1 for Relu {
     }
 
     fn bwd(&self, _: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        let dx = match y.dtype() {
-            candle_core::DType::F32 => from_vec(
-                cpu_slice::<f32, _>(y, |y| cpu_slice::<f32, _>(dy, |dy| relu_bwd(y, dy)))??,
-                y.dims(),
-                y.device(),
-            )?,
-            _ => from_vec(
-                cpu_slice::<f64, _>(y, |y| cpu_slice::<f64, _>(dy, |dy| relu_bwd(y, dy)))??,
-                y.dims(),
-                y.device(),
-            )?,
-        };
-        Ok(Some(dx))
+        fn grad<T: WithDType>(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+            let dx = cpu_slice::<T, _>(y, |y| cpu_slice::<T, _>(dy, |dy| relu_bwd(y, dy)))??;
+            from_vec(dx, y.dims(), y.device())
+        }
+        Ok(Some(match y.dtype() {
+            candle_core::DType::F32 => grad::<f32>(y, dy)?,
+            _ => grad::<f64>(y, dy)?,
+        }))
     }
 }
 
@@ -229,20 +224,15 @@ impl CustomOp1 for MaxPool2x2 {
     }
 
     fn bwd(&self, x: &Tensor, _: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        let dims = x.dims();
-        let dx = match x.dtype() {
-            candle_core::DType::F32 => from_vec(
-                cpu_slice::<f32, _>(x, |x| cpu_slice::<f32, _>(dy, |dy| pool_bwd(x, dy, dims)))???,
-                dims,
-                x.device(),
-            )?,
-            _ => from_vec(
-                cpu_slice::<f64, _>(x, |x| cpu_slice::<f64, _>(dy, |dy| pool_bwd(x, dy, dims)))???,
-                dims,
-                x.device(),
-            )?,
-        };
-        Ok(Some(dx))
+        fn grad<T: WithDType>(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+            let dims = x.dims();
+            let dx = cpu_slice::<T, _>(x, |x| cpu_slice::<T, _>(dy, |dy| pool_bwd(x, dy, dims)))???;
+            from_vec(dx, dims, x.device())
+        }
+        Ok(Some(match x.dtype() {
+            candle_core::DType::F32 => grad::<f32>(x, dy)?,
+            _ => grad::<f64>(x, dy)?,
+        }))
     }
 }
 
@@ -329,20 +319,14 @@ impl CustomOp1 for Upsample {
     }
 
     fn bwd(&self, x: &Tensor, _: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        let dims = x.dims();
-        let dx = match x.dtype() {
-            candle_core::DType::F32 => from_vec(
-                cpu_slice::<f32, _>(dy, |dy| upsample_bwd(dy, dims, self.0))?,
-                dims,
-                x.device(),
-            )?,
-            _ => from_vec(
-                cpu_slice::<f64, _>(dy, |dy| upsample_bwd(dy, dims, self.0))?,
-                dims,
-                x.device(),
-            )?,
-        };
-        Ok(Some(dx))
+        fn grad<T: WithDType>(x: &Tensor, dy: &Tensor, factor: usize) -> Result<Tensor> {
+            let dx = cpu_slice::<T, _>(dy, |dy| upsample_bwd(dy, x.dims(), factor))?;
+            from_vec(dx, x.dims(), x.device())
+        }
+        Ok(Some(match x.dtype() {
+            candle_core::DType::F32 => grad::<f32>(x, dy, self.0)?,
+            _ => grad::<f64>(x, dy, self.0)?,
+        }))
     }
 }
 
