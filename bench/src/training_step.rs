@@ -16,7 +16,7 @@ use std::time::Instant;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use bfx_bench::{arg, median};
-use bfx_trainer::model::{self, ModelSpec};
+use bfx_trainer::model::{self, EmbedHead, ModelSpec};
 use bfx_trainer::nn::{NormPass, ResNetSpec, ops};
 use bfx_trainer::optim::{AdamW, trainable};
 use candle_core::{DType, Device, Tensor};
@@ -40,6 +40,7 @@ fn main() -> anyhow::Result<()> {
     let spec = ModelSpec {
         arch: "resnet18".into(),
         encoder: ResNetSpec::resnet18(channels, width, instance_norm),
+        head: EmbedHead::Linear,
         embedding_dim: 128,
         classes: 10,
     };

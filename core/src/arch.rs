@@ -163,7 +163,23 @@ impl ResNetSpec {
     }
 }
 
-/// A classifier: ResNet encoder, linear embedding, linear class head.
+/// How the pooled encoder features become the embedding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmbedHead {
+    /// One linear layer (`embed.weight`, `embed.bias`).
+    #[default]
+    Linear,
+    /// SCBD's projection head: `Linear(r, r)`, exact (erf) GELU,
+    /// `Linear(r, z)`, then L2 normalization to the unit sphere
+    /// (`embed.hidden.*`, `embed.out.*`; `r` the feature width).
+    Projection,
+}
+
+/// Denominator floor of the L2 normalization (PyTorch's `F.normalize`).
+pub const L2_EPS: f64 = 1e-12;
+
+/// A classifier: ResNet encoder, embedding head, linear class head.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
@@ -171,6 +187,9 @@ pub struct ModelSpec {
     pub arch: String,
     /// The encoder.
     pub encoder: ResNetSpec,
+    /// The embedding head (specs written before it existed are `linear`).
+    #[serde(default)]
+    pub head: EmbedHead,
     /// Embedding dimension.
     pub embedding_dim: usize,
     /// Number of classes of the linear classifier.
@@ -180,6 +199,7 @@ pub struct ModelSpec {
 impl ModelSpec {
     /// Every tensor of the classifier with its full checkpoint name
     /// (`model.encoder.*`, `model.embed.*`, `model.head.*`) and shape.
+    /// The embedding head's tensors are listed by [`ModelSpec::embed_tensors`].
     pub fn tensors(&self) -> Vec<(String, Vec<usize>)> {
         let mut out: Vec<(String, Vec<usize>)> = self
             .encoder
@@ -187,13 +207,30 @@ impl ModelSpec {
             .into_iter()
             .map(|(n, s)| (format!("{MODEL_PREFIX}.encoder.{n}"), s))
             .collect();
-        let f = self.encoder.feature_dim();
         let e = self.embedding_dim;
-        out.push((format!("{MODEL_PREFIX}.embed.weight"), vec![e, f]));
-        out.push((format!("{MODEL_PREFIX}.embed.bias"), vec![e]));
+        out.extend(self.embed_tensors());
         out.push((format!("{MODEL_PREFIX}.head.weight"), vec![self.classes, e]));
         out.push((format!("{MODEL_PREFIX}.head.bias"), vec![self.classes]));
         out
+    }
+
+    /// The embedding head's tensors (full names) and shapes.
+    pub fn embed_tensors(&self) -> Vec<(String, Vec<usize>)> {
+        let f = self.encoder.feature_dim();
+        let e = self.embedding_dim;
+        let p = format!("{MODEL_PREFIX}.embed");
+        match self.head {
+            EmbedHead::Linear => vec![
+                (format!("{p}.weight"), vec![e, f]),
+                (format!("{p}.bias"), vec![e]),
+            ],
+            EmbedHead::Projection => vec![
+                (format!("{p}.hidden.weight"), vec![f, f]),
+                (format!("{p}.hidden.bias"), vec![f]),
+                (format!("{p}.out.weight"), vec![e, f]),
+                (format!("{p}.out.bias"), vec![e]),
+            ],
+        }
     }
 
     /// BatchNorm layers in forward order (full names without the field
@@ -246,6 +283,7 @@ mod tests {
         let model = |instance| ModelSpec {
             arch: "resnet18".into(),
             encoder: ResNetSpec::resnet18(3, 8, instance),
+            head: EmbedHead::Linear,
             embedding_dim: 16,
             classes: 4,
         };

@@ -1,6 +1,6 @@
-//! The ONNX emitter of the trainer's classifier (ResNet encoder, linear
-//! embedding, linear head), walking the same [`ModelSpec`] the Candle
-//! model is built from.
+//! The ONNX emitter of the trainer's classifier (ResNet encoder,
+//! embedding head, linear class head), walking the same [`ModelSpec`] the
+//! Candle model is built from.
 //!
 //! Ops are chosen so `candle-onnx`'s `simple_eval` could also run the
 //! graphs: InstanceNorm, the AdaBN statistics and the global pool are
@@ -10,7 +10,7 @@
 //! convolution before it; with given plate statistics it is plain ops too
 //! (see [`Variant::Plate`]'s emission for why).
 
-use bfx_core::arch::{MODEL_PREFIX, ModelSpec, NORM_EPS};
+use bfx_core::arch::{EmbedHead, L2_EPS, MODEL_PREFIX, ModelSpec, NORM_EPS};
 
 use crate::ExportError;
 use crate::graph::{Attr, BATCH, Dim, GraphBuilder};
@@ -133,7 +133,7 @@ pub fn emit(
         &[&h],
         &[Attr::Ints("axes", vec![2, 3]), Attr::Int("keepdims", 0)],
     );
-    let embedding = e.linear(&pooled, &format!("{MODEL_PREFIX}.embed"))?;
+    let embedding = e.embed(&pooled, spec.head)?;
     let logits = e.linear(&embedding, &format!("{MODEL_PREFIX}.head"))?;
     e.g.output(
         &embedding,
@@ -183,6 +183,37 @@ impl Emitter<'_> {
         let w = self.init(&format!("{name}.weight"))?;
         let b = self.init(&format!("{name}.bias"))?;
         Ok(self.g.node("Gemm", &[x, &w, &b], &[Attr::Int("transB", 1)]))
+    }
+
+    /// The embedding head. GELU is the exact (erf) form, and the L2
+    /// normalization is plain ops (`LpNormalization` has no epsilon, so a
+    /// zero row would divide by zero where the trainer's floor does not).
+    fn embed(&mut self, pooled: &str, head: EmbedHead) -> Result<String, ExportError> {
+        let p = format!("{MODEL_PREFIX}.embed");
+        if head == EmbedHead::Linear {
+            return self.linear(pooled, &p);
+        }
+        let h = self.linear(pooled, &format!("{p}.hidden"))?;
+        let sqrt2 = self
+            .g
+            .initializer("sqrt2", &[], &[std::f32::consts::SQRT_2]);
+        let one = self.g.initializer("one", &[], &[1.0]);
+        let half = self.g.initializer("half", &[], &[0.5]);
+        let scaled = self.g.node("Div", &[&h, &sqrt2], &[]);
+        let erf = self.g.node("Erf", &[&scaled], &[]);
+        let gate = self.g.node("Add", &[&erf, &one], &[]);
+        let gated = self.g.node("Mul", &[&h, &gate], &[]);
+        let gelu = self.g.node("Mul", &[&gated, &half], &[]);
+        let z = self.linear(&gelu, &format!("{p}.out"))?;
+        let square = self.g.node("Mul", &[&z, &z], &[]);
+        let axes = self.g.initializer_i64("l2_axes", &[1]);
+        let sum = self
+            .g
+            .node("ReduceSum", &[&square, &axes], &[Attr::Int("keepdims", 1)]);
+        let norm = self.g.node("Sqrt", &[&sum], &[]);
+        let floor = self.g.initializer("l2_eps", &[], &[L2_EPS as f32]);
+        let denom = self.g.node("Max", &[&norm, &floor], &[]);
+        Ok(self.g.node("Div", &[&z, &denom], &[]))
     }
 
     fn norm(&mut self, x: &str, layer: &str, channels: usize) -> Result<String, ExportError> {

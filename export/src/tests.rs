@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use bfx_core::arch::{ModelSpec, ResNetSpec};
+use bfx_core::arch::{EmbedHead, ModelSpec, ResNetSpec};
 use bfx_core::bundle::Provenance;
 use bfx_core::preprocess::{Geometry, Normalization, PreprocessSpec};
 
@@ -15,6 +15,7 @@ fn spec(instance_norm: bool) -> ModelSpec {
     ModelSpec {
         arch: "resnet18".into(),
         encoder: ResNetSpec::resnet18(2, 4, instance_norm),
+        head: EmbedHead::Linear,
         embedding_dim: 8,
         classes: 3,
     }

@@ -1,13 +1,14 @@
 //! Exported bundles run in ONNX Runtime exactly as the Candle model runs:
 //! the predictor, the AdaBN pair (batch statistics out, plate statistics
-//! in) and InstanceNorm models, at batch sizes 1, 3 and 32; every graph
+//! in), InstanceNorm models and SCBD's projection head, at batch sizes 1,
+//! 3 and 32; every graph
 //! passes `onnx.checker` with `full_check`; damaged bundles are refused.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use bfx_config::daemon::ExecutionProvider;
-use bfx_core::arch::{ModelSpec, ResNetSpec};
+use bfx_core::arch::{EmbedHead, ModelSpec, ResNetSpec};
 use bfx_core::bundle::{Bundle, BundleError, CorrectionMode, Provenance};
 use bfx_core::preprocess::{Geometry, Normalization, PreprocessSpec};
 use bfx_daemon::runtime;
@@ -27,10 +28,11 @@ const SIZES: [usize; 3] = [1, 3, 32];
 /// Not square, so a swapped height and width would fail.
 const HW: (usize, usize) = (36, 40);
 
-fn spec(instance_norm: bool) -> ModelSpec {
+fn spec(instance_norm: bool, head: EmbedHead) -> ModelSpec {
     ModelSpec {
         arch: "resnet18".into(),
         encoder: ResNetSpec::resnet18(3, 8, instance_norm),
+        head,
         embedding_dim: 16,
         classes: 5,
     }
@@ -316,7 +318,7 @@ fn check_with_onnx(bundle: &Bundle) {
 #[test]
 fn batch_norm_bundles_match_candle_with_running_batch_and_plate_statistics() {
     let tmp = tempfile::tempdir().expect("temp dir");
-    let spec = spec(false);
+    let spec = spec(false, EmbedHead::Linear);
     let (model, weights) = model_with_weights(&spec, tmp.path());
     let bundle = export(&spec, weights, &tmp.path().join("bundle"));
     let m = &bundle.manifest;
@@ -333,7 +335,7 @@ fn batch_norm_bundles_match_candle_with_running_batch_and_plate_statistics() {
 #[test]
 fn instance_norm_bundles_match_candle() {
     let tmp = tempfile::tempdir().expect("temp dir");
-    let spec = spec(true);
+    let spec = spec(true, EmbedHead::Linear);
     let (model, weights) = model_with_weights(&spec, tmp.path());
     let bundle = export(&spec, weights, &tmp.path().join("bundle"));
     assert_eq!(bundle.manifest.correction_modes, vec![CorrectionMode::None]);
@@ -341,6 +343,42 @@ fn instance_norm_bundles_match_candle() {
     assert!(bundle.manifest.adabn_layers.is_empty());
     check_with_onnx(&bundle);
     check_parity(&model, &bundle);
+}
+
+#[test]
+fn projection_head_bundles_match_candle() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let spec = spec(false, EmbedHead::Projection);
+    let (model, weights) = model_with_weights(&spec, tmp.path());
+    let bundle = export(&spec, weights, &tmp.path().join("bundle"));
+    check_with_onnx(&bundle);
+    check_parity(&model, &bundle);
+}
+
+#[test]
+fn a_trained_scbd_checkpoint_exports_its_unit_length_z_c() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let run_dir = bfx_tests::tiny_run(tmp.path(), "scbd", 12).out;
+    let bundle = bfx_trainer::export::export(&run_dir, &tmp.path().join("bundle"), false)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(bundle.manifest.method, "scbd");
+    assert_eq!(
+        bundle.manifest.correction_modes,
+        vec![CorrectionMode::None, CorrectionMode::Adabn]
+    );
+    let (_, model) = bfx_trainer::eval::load_model(&run_dir, "best", &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(model.spec().head, EmbedHead::Projection);
+    check_parity(&model, &bundle);
+    let mut predictor = session(&bundle, &bundle.manifest.graphs.predictor);
+    let out = run(
+        &mut predictor,
+        vec![(IMAGE.into(), images(&bundle, 5, 9).1)],
+    );
+    for row in out[EMBEDDING].1.chunks(bundle.manifest.embedding_dim) {
+        let norm: f32 = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "embedding norm {norm}");
+    }
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! The classifier every method trains: ResNet encoder, linear embedding
-//! head, linear classifier; plus seeded initialization.
+//! The classifier every method trains: ResNet encoder, embedding head
+//! (linear, or SCBD's projection onto the unit sphere), linear
+//! classifier; plus seeded initialization.
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Linear, Module, VarBuilder, VarMap, linear};
@@ -8,15 +9,59 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::nn::{NormPass, ResNet};
 
-pub use bfx_core::arch::{MODEL_PREFIX, ModelSpec};
+pub use bfx_core::arch::{EmbedHead, L2_EPS, MODEL_PREFIX, ModelSpec};
 
 /// Encoder -> embedding -> logits.
 #[derive(Clone, Debug)]
 pub struct Classifier {
     spec: ModelSpec,
     encoder: ResNet,
-    embed: Linear,
+    embed: Embed,
     head: Linear,
+}
+
+/// Pooled features -> embedding, as [`EmbedHead`] describes.
+#[derive(Clone, Debug)]
+pub enum Embed {
+    /// One linear layer.
+    Linear(Linear),
+    /// Linear, exact GELU, linear, L2 normalization.
+    Projection {
+        /// `Linear(r, r)`.
+        hidden: Linear,
+        /// `Linear(r, z)`.
+        out: Linear,
+    },
+}
+
+impl Embed {
+    /// The head `kind` from `features` to `dim` under `vb`.
+    pub fn new(kind: EmbedHead, features: usize, dim: usize, vb: VarBuilder) -> Result<Embed> {
+        Ok(match kind {
+            EmbedHead::Linear => Embed::Linear(linear(features, dim, vb)?),
+            EmbedHead::Projection => Embed::Projection {
+                hidden: linear(features, features, vb.pp("hidden"))?,
+                out: linear(features, dim, vb.pp("out"))?,
+            },
+        })
+    }
+}
+
+impl Module for Embed {
+    fn forward(&self, features: &Tensor) -> Result<Tensor> {
+        match self {
+            Embed::Linear(l) => l.forward(features),
+            Embed::Projection { hidden, out } => {
+                l2_normalize(&out.forward(&hidden.forward(features)?.gelu_erf()?)?)
+            }
+        }
+    }
+}
+
+/// Rows scaled to unit length: `x / max(|x|, eps)` as PyTorch's `F.normalize`.
+pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+    let norm = x.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(L2_EPS)?;
+    x.broadcast_div(&norm)
 }
 
 impl Classifier {
@@ -26,7 +71,7 @@ impl Classifier {
         Ok(Classifier {
             spec: spec.clone(),
             encoder: ResNet::new(&spec.encoder, vb.pp("encoder"))?,
-            embed: linear(features, spec.embedding_dim, vb.pp("embed"))?,
+            embed: Embed::new(spec.head, features, spec.embedding_dim, vb.pp("embed"))?,
             head: linear(spec.embedding_dim, spec.classes, vb.pp("head"))?,
         })
     }
@@ -133,7 +178,11 @@ mod tests {
     /// lists; the Candle modules must create exactly those.
     #[test]
     fn variables_are_the_ones_the_spec_lists() {
-        for instance_norm in [false, true] {
+        for (instance_norm, head) in [
+            (false, EmbedHead::Linear),
+            (true, EmbedHead::Linear),
+            (false, EmbedHead::Projection),
+        ] {
             let spec = ModelSpec {
                 arch: "resnet18".into(),
                 encoder: ResNetSpec {
@@ -142,6 +191,7 @@ mod tests {
                     instance_norm,
                     blocks: [2, 1, 2, 1],
                 },
+                head,
                 embedding_dim: 6,
                 classes: 5,
             };

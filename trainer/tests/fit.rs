@@ -93,7 +93,7 @@ fn quiet_fit(
 fn every_method_trains() {
     let tmp = tempfile::tempdir().unwrap();
     let config = setup(tmp.path(), "");
-    for method in ["abra", "dann", "mixstyle"] {
+    for method in ["abra", "dann", "mixstyle", "scbd"] {
         let report = quiet_fit(&config, |c| {
             c.method.name = method.into();
             if method == "abra" {
@@ -118,6 +118,15 @@ fn every_method_trains() {
         let (_, model) =
             bfx_trainer::eval::load_model(&tmp.path().join(method), "best", &Device::Cpu).unwrap();
         assert_eq!(model.spec().classes, 4);
+        if method == "scbd" {
+            // SCBD's embedding is z_c on the unit sphere.
+            let x = candle_core::Tensor::randn(0f32, 1.0, (3, 4, 32, 32), &Device::Cpu).unwrap();
+            let (z, _) = model
+                .forward(&x, &mut bfx_trainer::nn::NormPass::eval())
+                .unwrap();
+            let norms = z.sqr().unwrap().sum(1).unwrap().to_vec1::<f32>().unwrap();
+            assert!(norms.iter().all(|n| (n - 1.0).abs() < 1e-5), "{norms:?}");
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::io::{Cursor, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use bfx_core::arch::{ModelSpec, ResNetSpec};
+use bfx_core::arch::{EmbedHead, ModelSpec, ResNetSpec};
 use bfx_core::bundle::Provenance;
 use bfx_core::preprocess::{Geometry, Normalization, PreprocessSpec};
 use bfx_export::weights::Weights;
@@ -56,6 +56,7 @@ pub fn bundle_named(dir: &Path, name: &str, seed: u64) -> PathBuf {
     let spec = ModelSpec {
         arch: "resnet18".into(),
         encoder: ResNetSpec::resnet18(CHANNELS.len(), 4, false),
+        head: EmbedHead::Linear,
         embedding_dim: 8,
         classes: 3,
     };

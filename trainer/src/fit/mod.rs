@@ -12,7 +12,7 @@ use std::time::Instant;
 use bfx_config::TrainerConfig;
 use bfx_config::trainer::NormKind;
 use bfx_core::image::ReadOptions;
-use candle_core::{DType, Device};
+use candle_core::Device;
 use candle_nn::VarMap;
 use indicatif::ProgressBar;
 use rand::SeedableRng;
@@ -22,7 +22,7 @@ use thiserror::Error;
 use self::batches::{Part, Parts, batch};
 use self::checkpoint::{BEST, CheckpointMeta, HistoryPoint, LAST};
 use crate::dataset::{self, Dataset, DatasetError, Images, Sampler};
-use crate::methods::{self, MethodContext, MethodError};
+use crate::methods::{self, Method, MethodContext, MethodError};
 use crate::model::{self, Classifier, ModelSpec};
 use crate::nn::{NormPass, ResNetSpec};
 use crate::optim::{AdamW, trainable};
@@ -128,6 +128,7 @@ pub fn model_spec(config: &TrainerConfig, classes: usize) -> Result<ModelSpec, F
             config.model.width,
             config.model.norm == NormKind::Instance,
         ),
+        head: methods::embed_head(&config.method.name),
         embedding_dim: config.model.embedding_dim,
         classes,
     })
@@ -248,7 +249,8 @@ pub fn fit(
                 .join("  "),
         );
         if meta.step.is_multiple_of(eval_every) || meta.step == config.optim.steps {
-            let (val_loss, val_accuracy) = validate(&model, &run.images, &run.parts.val, device)?;
+            let (val_loss, val_accuracy) =
+                validate(&model, method.as_ref(), &run.images, &run.parts.val, device)?;
             meta.history.push(HistoryPoint {
                 step: meta.step,
                 train_loss: loss_sum / loss_n.max(1) as f32,
@@ -280,9 +282,12 @@ pub fn fit(
     })
 }
 
-/// Validation cross-entropy and accuracy with running statistics.
+/// The method's validation loss (mean over the batches that measure it;
+/// NaN when none does) and the classifier's accuracy, with running
+/// statistics.
 pub fn validate(
     model: &Classifier,
+    method: &dyn Method,
     images: &Images,
     part: &Part,
     device: &Device,
@@ -290,15 +295,15 @@ pub fn validate(
     if part.images.is_empty() {
         return Ok((f32::NAN, f32::NAN));
     }
-    let (mut loss, mut correct) = (0.0f32, 0usize);
+    let (mut loss, mut measured, mut correct) = (0.0f32, 0usize, 0usize);
     let all: Vec<usize> = (0..part.images.len()).collect();
     for chunk in all.chunks(64) {
         let b = batch(images, part, chunk, None, device)?;
         let (_, logits) = model.forward(&b.x, &mut NormPass::eval())?;
-        let ce = candle_nn::loss::cross_entropy(&logits, &b.y)?
-            .to_dtype(DType::F32)?
-            .to_scalar::<f32>()?;
-        loss += ce * chunk.len() as f32;
+        if let Some(l) = method.validation_loss(model, &b, &logits)? {
+            loss += l * chunk.len() as f32;
+            measured += chunk.len();
+        }
         let predicted = logits.argmax(1)?.to_vec1::<u32>()?;
         correct += predicted
             .iter()
@@ -307,5 +312,10 @@ pub fn validate(
             .count();
     }
     let n = part.images.len() as f32;
-    Ok((loss / n, correct as f32 / n))
+    let loss = if measured == 0 {
+        f32::NAN
+    } else {
+        loss / measured as f32
+    };
+    Ok((loss, correct as f32 / n))
 }

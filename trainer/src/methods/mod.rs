@@ -8,6 +8,7 @@ mod dann;
 mod erm;
 pub mod layers;
 mod mixstyle;
+mod scbd;
 
 use candle_core::{Device, Result, Tensor};
 use candle_nn::VarMap;
@@ -15,7 +16,7 @@ use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 use crate::dataset::SamplerKind;
-use crate::model::{Classifier, ModelSpec};
+use crate::model::{Classifier, EmbedHead, ModelSpec};
 use crate::optim::AdamW;
 
 /// One minibatch on the training device.
@@ -60,6 +61,22 @@ pub trait Method {
         opt: &mut AdamW,
         step: usize,
     ) -> Result<Terms>;
+    /// The loss of one validation batch (running statistics) that model
+    /// selection minimizes, given the classifier's `logits` for it;
+    /// `None` when the batch cannot measure it. By default the
+    /// classifier's cross-entropy.
+    fn validation_loss(
+        &self,
+        _model: &Classifier,
+        batch: &Batch,
+        logits: &Tensor,
+    ) -> Result<Option<f32>> {
+        Ok(Some(
+            cross_entropy(logits, &batch.y)?
+                .to_dtype(candle_core::DType::F32)?
+                .to_scalar::<f32>()?,
+        ))
+    }
 }
 
 /// Why a method could not be built.
@@ -80,7 +97,15 @@ pub enum MethodError {
 }
 
 /// Registered method names.
-pub const METHODS: [&str; 4] = ["erm", "abra", "dann", "mixstyle"];
+pub const METHODS: [&str; 5] = ["erm", "abra", "dann", "mixstyle", "scbd"];
+
+/// The embedding head method `name` trains (SCBD embeds on the unit sphere).
+pub fn embed_head(name: &str) -> EmbedHead {
+    match name {
+        "scbd" => EmbedHead::Projection,
+        _ => EmbedHead::Linear,
+    }
+}
 
 /// Build method `name` with its `params` table.
 pub fn build(
@@ -93,6 +118,7 @@ pub fn build(
         "abra" => Box::new(abra::Abra::new(parse(params)?, ctx)?),
         "dann" => Box::new(dann::Dann::new(parse(params)?, ctx)?),
         "mixstyle" => Box::new(mixstyle::MixStyle::new(parse(params)?, ctx)),
+        "scbd" => Box::new(scbd::Scbd::new(parse(params)?, ctx)?),
         other => {
             return Err(MethodError::Unknown {
                 name: other.to_owned(),
