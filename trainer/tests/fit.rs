@@ -66,6 +66,22 @@ fn tiny_fit_and_eval_learn_above_chance() {
         serde_json::from_str(&std::fs::read_to_string(report.join("metrics.json")).unwrap())
             .unwrap();
     let accuracy = m["plain"]["accuracy"].as_f64().unwrap();
+    // The whole-screen probes: 4 plates; the tiny design's families are
+    // {p01, p02} and {p03}, so of 3 perturbation pairs one is related.
+    let plate = &m["batch_sensitivity"]["plate"];
+    assert_eq!(plate["groups"], 4, "{m}");
+    assert!(
+        (0.0..=1.0).contains(&plate["auroc"].as_f64().unwrap()),
+        "{m}"
+    );
+    assert!(
+        m["batch_sensitivity"]["plate_well"]["groups"]
+            .as_u64()
+            .unwrap()
+            > 4
+    );
+    assert_eq!(m["relationships"]["pairs"], 3, "{m}");
+    assert_eq!(m["relationships"]["related"], 1, "{m}");
 
     // Four classes: chance is 0.25 (5 of 20). Across seeds 0-2 this run
     // scores 0.35-0.60 with either bfx's kernels or Candle's ops.
@@ -183,7 +199,7 @@ fn bad_input_gets_one_clear_error() {
         .to_string();
     assert_eq!(
         err,
-        "unknown method \"magic\"; methods: erm, abra, dann, mixstyle"
+        "unknown method \"magic\"; methods: erm, abra, dann, mixstyle, scbd"
     );
     let err = quiet_fit(&config, |c| {
         c.method.name = "abra".into();

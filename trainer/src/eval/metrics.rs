@@ -1,8 +1,6 @@
 //! Embedding metrics from the seed papers: kNN batch cross-validation,
-//! LISI (iLISI over environments, cLISI over classes), batch prediction
-//! from embeddings, and a 2-D PCA projection for plots.
-
-use crate::linear::{FitOptions, LogisticRegression, macro_f1};
+//! LISI (iLISI over environments, cLISI over classes), and a 2-D PCA
+//! projection for plots. Linear probes are in [`super::probes`].
 
 /// Rows scaled to unit length, so a dot product is a cosine.
 fn unit_rows(e: &[Vec<f32>]) -> Vec<Vec<f32>> {
@@ -117,37 +115,6 @@ fn perplexity_weights(d2: &[f64], target: f64) -> Vec<f64> {
     w.iter().map(|x| x / sum).collect()
 }
 
-/// Macro-F1 of a logistic regression predicting `groups` from the
-/// embeddings, trained on 60% of each group's items and tested on the
-/// other 40% (deterministic: of every five items of a group, the first
-/// three train). Lower means less batch information left in the embedding.
-pub fn group_prediction_f1(e: &[Vec<f32>], groups: &[usize]) -> f64 {
-    let classes = groups.iter().max().map_or(0, |m| m + 1);
-    let mut seen = vec![0usize; classes];
-    let (mut train, mut test) = (Vec::new(), Vec::new());
-    for (i, &g) in groups.iter().enumerate() {
-        if seen[g] % 5 < 3 {
-            train.push(i)
-        } else {
-            test.push(i)
-        }
-        seen[g] += 1;
-    }
-    if train.is_empty() || test.is_empty() || classes < 2 {
-        return 0.0;
-    }
-    let x = |idx: &[usize]| -> Vec<Vec<f64>> {
-        idx.iter()
-            .map(|&i| e[i].iter().map(|&v| v as f64).collect())
-            .collect()
-    };
-    let y: Vec<usize> = train.iter().map(|&i| groups[i]).collect();
-    let model = LogisticRegression::fit(&x(&train), &y, classes, FitOptions::default());
-    let truth: Vec<usize> = test.iter().map(|&i| groups[i]).collect();
-    let predicted: Vec<usize> = x(&test).iter().map(|r| model.predict(r)).collect();
-    macro_f1(&truth, &predicted)
-}
-
 /// The first two principal components of the rows (power iteration on
 /// the covariance, deflated), as 2-D points.
 pub fn pca_2d(e: &[Vec<f32>]) -> Vec<[f32; 2]> {
@@ -237,14 +204,6 @@ mod tests {
         // If each cluster is a single environment, no neighbour of the right class is allowed.
         let envs: Vec<usize> = (0..40).map(|i| i / 20).collect();
         assert_eq!(knn_batch_cv(&e, &labels, &envs, &all, 5), 0.0);
-    }
-
-    #[test]
-    fn group_prediction_sees_separable_groups_only() {
-        let (e, g) = clusters(false);
-        assert_eq!(group_prediction_f1(&e, &g), 1.0);
-        let (e, g) = clusters(true);
-        assert!(group_prediction_f1(&e, &g) < 0.8);
     }
 
     #[test]

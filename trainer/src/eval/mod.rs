@@ -4,6 +4,7 @@
 pub mod embed;
 pub mod metrics;
 pub mod plots;
+pub mod probes;
 mod report;
 
 use std::path::Path;
@@ -14,6 +15,7 @@ use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
 pub use self::embed::{Adapt, Embedded, PlateStats, embed, plate_stats};
+use self::probes::{BatchSensitivity, Relationships};
 pub use self::report::write_report;
 use crate::fit::batches::Part;
 use crate::fit::checkpoint::{self, BEST, CheckpointMeta};
@@ -79,6 +81,14 @@ pub struct Evaluation {
     pub adabn: Option<ModeMetrics>,
     /// Accuracy against inference batch size (BatchNorm models only).
     pub adabn_curve: Vec<CurvePoint>,
+    /// Batch-effect sensitivity of the embedding (training statistics)
+    /// over every image of the screen; `None` with a single plate.
+    #[serde(default)]
+    pub batch_sensitivity: Option<BatchSensitivity>,
+    /// Relationship recovery over every image of the screen, for screens
+    /// whose `design.json` names class families.
+    #[serde(default)]
+    pub relationships: Option<Relationships>,
 }
 
 /// Data kept for the report's projection plot.
@@ -150,7 +160,8 @@ pub fn evaluate(
                 ),
                 ilisi: metrics::lisi(&e.embeddings, &both.plates, LISI_PERPLEXITY),
                 clisi: metrics::lisi(&e.embeddings, &both.classes, LISI_PERPLEXITY),
-                plate_prediction_f1: metrics::group_prediction_f1(&e.embeddings, &both.plates),
+                plate_prediction_f1: probes::group_probe(&e.embeddings, &both.plates)
+                    .map_or(0.0, |p| p.macro_f1),
             },
             e,
         ))
@@ -175,6 +186,7 @@ pub fn evaluate(
             });
         }
     }
+    let (batch_sensitivity, relationships) = screen_probes(&model, &run, device)?;
     let evaluation = Evaluation {
         method: meta.config.method.name.clone(),
         level: crate::dataset::split::level_name(meta.config.split.level).to_owned(),
@@ -185,6 +197,8 @@ pub fn evaluate(
         plain,
         adabn,
         adabn_curve: curve,
+        batch_sensitivity,
+        relationships,
     };
     let projection = Projection {
         points: metrics::pca_2d(&embedded.embeddings),
@@ -192,6 +206,40 @@ pub fn evaluate(
         plates: (both.plates.clone(), run.parts.plates.clone()),
     };
     Ok((evaluation, projection))
+}
+
+/// The probes that read the whole screen: plate and plate-well from the
+/// embedding, and class relationships.
+fn screen_probes(
+    model: &Classifier,
+    run: &crate::fit::RunData,
+    device: &Device,
+) -> Result<(Option<BatchSensitivity>, Option<Relationships>), FitError> {
+    let p = &run.parts;
+    let all = concat(&concat(&p.train, &p.val), &p.test);
+    let e = embed(model, &run.images, &all, Adapt::None, device)?.embeddings;
+    let mut wells = std::collections::BTreeMap::new();
+    let plate_well: Vec<usize> = all
+        .images
+        .iter()
+        .map(|&i| {
+            let row = &run.data.manifest.rows[run.images.site_of[i]];
+            let next = wells.len();
+            *wells
+                .entry((row.plate.clone(), row.well.clone()))
+                .or_insert(next)
+        })
+        .collect();
+    let sensitivity = probes::group_probe(&e, &all.plates).and_then(|plate| {
+        Some(BatchSensitivity {
+            images: e.len(),
+            plate,
+            plate_well: probes::group_probe(&e, &plate_well)?,
+        })
+    });
+    let relationships = probes::design_families(&run.data.root, &run.data.classes)
+        .and_then(|family| probes::relationship_recovery(&e, &all.classes, &family));
+    Ok((sensitivity, relationships))
 }
 
 fn subset(part: &Part, keep: impl Fn(usize) -> bool) -> Part {

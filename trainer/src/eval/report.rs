@@ -68,6 +68,29 @@ fn markdown(e: &Evaluation) -> String {
         md,
         "\nEmbedding metrics use the test images plus a sample of training images, so several plates are present.\n"
     );
+    if let Some(b) = &e.batch_sensitivity {
+        let _ = writeln!(
+            md,
+            "## Batch-effect sensitivity\n\nA logistic regression reads the plate and the plate-well from the embedding of every image ({} images; 60% of each group trains it, the rest tests it). Lower means less batch information.\n\n| predicting | groups | macro-F1 | AUROC |\n|---|---|---|---|\n| plate | {} | {:.3} | {:.3} |\n| plate-well | {} | {:.3} | {:.3} |\n",
+            b.images,
+            b.plate.groups,
+            b.plate.macro_f1,
+            b.plate.auroc,
+            b.plate_well.groups,
+            b.plate_well.macro_f1,
+            b.plate_well.auroc
+        );
+    }
+    if let Some(r) = &e.relationships {
+        let _ = writeln!(
+            md,
+            "## Relationship recovery\n\nClasses embedded as mean embeddings minus the controls' mean, standardized; {} pairs ranked by cosine similarity against the screen's class families: AUPRC {:.3} ({} related pairs; a random ranking scores about {:.3}).\n",
+            r.pairs,
+            r.auprc,
+            r.related,
+            r.related as f64 / r.pairs.max(1) as f64
+        );
+    }
     if !e.adabn_curve.is_empty() {
         let _ = writeln!(
             md,

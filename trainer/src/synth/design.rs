@@ -98,8 +98,8 @@ pub struct LevelFolds {
     pub folds: Vec<Vec<String>>,
 }
 
-/// Version of `design.json`.
-pub const DESIGN_VERSION: u32 = 1;
+/// Version of `design.json` (2: classes carry their family).
+pub const DESIGN_VERSION: u32 = 2;
 
 /// Quadrant well slots of a 96-well plate (rows B-D or F-H, columns 2-5 or
 /// 8-11): a section holds at most this many wells.

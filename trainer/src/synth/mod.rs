@@ -164,17 +164,32 @@ fn draw_design(
     rng: &mut ChaCha8Rng,
 ) -> Result<Design, SynthError> {
     let (names, controls) = design::class_names(&shape.classes);
-    let classes: Vec<ClassSpec> = names
+    let mut classes: Vec<ClassSpec> = names[..controls]
         .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            if i < controls {
-                ClassSpec::control(name)
-            } else {
-                ClassSpec::perturbed(name, shape.changes_per_class, shape.class_effect, rng)
-            }
-        })
+        .map(|name| ClassSpec::control(name))
         .collect();
+    // Families of `family_size` consecutive perturbations share all but
+    // one of their changes; a family of one shares nothing.
+    for (f, members) in names[controls..]
+        .chunks(shape.family_size.max(1))
+        .enumerate()
+    {
+        let shared = if members.len() > 1 {
+            phenotype::draw_changes(shape.changes_per_class.saturating_sub(1), &[], rng)
+        } else {
+            Vec::new()
+        };
+        for name in members {
+            classes.push(ClassSpec::perturbed(
+                name,
+                &format!("F{}", f + 1),
+                &shared,
+                shape.changes_per_class,
+                shape.class_effect,
+                rng,
+            ));
+        }
+    }
     let sets = design::assign_classes(shape, &names, controls, rng)?;
     if let Some(set) = sets
         .iter()

@@ -3,6 +3,12 @@
 //! A class is the mean of each cell feature; every cell draws its own
 //! features around those means with large log-normal spread, so classes
 //! overlap and a single cell rarely tells its class.
+//!
+//! Perturbed classes come in families, like the members of one protein
+//! complex: members change the same features in the same direction (with
+//! their own magnitudes) and each one more feature of its own, so they
+//! are distinct classes whose profiles resemble each other. That is the
+//! ground truth of the relationship-recovery benchmark.
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -28,6 +34,9 @@ pub const FEATURES: [&str; 10] = [
 pub struct ClassSpec {
     /// Label written to the manifest.
     pub name: String,
+    /// Family of related classes (none for controls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
     /// Which features differ from the control, with their log-scale shift.
     pub changes: Vec<(String, f32)>,
     /// Mean features of the class's cells.
@@ -40,6 +49,7 @@ impl ClassSpec {
     pub fn control(name: &str) -> ClassSpec {
         ClassSpec {
             name: name.to_owned(),
+            family: None,
             changes: Vec::new(),
             mean: Morphology {
                 nucleus_radius: 4.2,
@@ -54,17 +64,23 @@ impl ClassSpec {
         }
     }
 
-    /// A perturbed class: `n_changes` features of the control shifted by
-    /// `effect` (log scale) up or down. Real perturbations change a few
-    /// features, not all.
-    pub fn perturbed(name: &str, n_changes: usize, effect: f32, rng: &mut impl Rng) -> ClassSpec {
+    /// A perturbed class of `family`: the family's `shared` changes
+    /// (feature, direction), each with this class's own magnitude around
+    /// `effect` (log scale), plus features of its own up to `n_changes`.
+    /// Real perturbations change a few features, not all.
+    pub fn perturbed(
+        name: &str,
+        family: &str,
+        shared: &[(usize, f32)],
+        n_changes: usize,
+        effect: f32,
+        rng: &mut impl Rng,
+    ) -> ClassSpec {
         let mut class = ClassSpec::control(name);
-        let mut order: Vec<usize> = (0..FEATURES.len()).collect();
-        for i in 0..n_changes.min(FEATURES.len()) {
-            let j = rng.random_range(i..order.len());
-            order.swap(i, j);
-            let feature = order[i];
-            let sign = if rng.random::<bool>() { 1.0 } else { -1.0 };
+        class.family = Some(family.to_owned());
+        let taken: Vec<usize> = shared.iter().map(|&(f, _)| f).collect();
+        let own = draw_changes(n_changes.saturating_sub(shared.len()), &taken, rng);
+        for &(feature, sign) in shared.iter().chain(&own) {
             let shift = sign * effect * rng.random_range(0.8..1.25);
             class.shift(feature, shift);
             class.changes.push((FEATURES[feature].to_owned(), shift));
@@ -112,6 +128,19 @@ impl ClassSpec {
     }
 }
 
+/// `n` distinct features not in `taken`, each with a random direction (+-1).
+pub fn draw_changes(n: usize, taken: &[usize], rng: &mut impl Rng) -> Vec<(usize, f32)> {
+    let mut free: Vec<usize> = (0..FEATURES.len()).filter(|f| !taken.contains(f)).collect();
+    let mut out = Vec::new();
+    for i in 0..n.min(free.len()) {
+        let j = rng.random_range(i..free.len());
+        free.swap(i, j);
+        let sign = if rng.random::<bool>() { 1.0 } else { -1.0 };
+        out.push((free[i], sign));
+    }
+    out
+}
+
 /// Cell features: a class's means, or one drawn cell (lengths in pixels
 /// at pixel scale 1).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -132,4 +161,45 @@ pub struct Morphology {
     pub spot_clustering: f32,
     /// Brightness per channel (dna, actin, mito, lyso).
     pub intensity: [f32; 4],
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+
+    #[test]
+    fn family_members_share_all_changes_but_their_own() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let shared = draw_changes(2, &[], &mut rng);
+        let members: Vec<ClassSpec> = (0..3)
+            .map(|i| ClassSpec::perturbed(&format!("p{i}"), "F1", &shared, 3, 0.45, &mut rng))
+            .collect();
+        let mut own = Vec::new();
+        for m in &members {
+            assert_eq!(m.family.as_deref(), Some("F1"));
+            assert_eq!(m.changes.len(), 3);
+            for (k, &(feature, sign)) in shared.iter().enumerate() {
+                let (name, shift) = &m.changes[k];
+                assert_eq!(name, FEATURES[feature]);
+                assert_eq!(shift.signum(), sign);
+                assert!((0.8 * 0.45..1.25 * 0.45).contains(&shift.abs()), "{shift}");
+            }
+            let (name, _) = &m.changes[2];
+            assert!(shared.iter().all(|&(f, _)| FEATURES[f] != name));
+            own.push(name.clone());
+        }
+        // A family of one shares nothing: all its changes are its own, distinct.
+        let single = ClassSpec::perturbed("p9", "F2", &[], 3, 0.45, &mut rng);
+        let mut names: Vec<&String> = single.changes.iter().map(|(n, _)| n).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), 3);
+        assert!(
+            members[0].mean != members[1].mean,
+            "members are distinct classes"
+        );
+    }
 }

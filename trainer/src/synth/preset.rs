@@ -8,17 +8,19 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum SynthPreset {
-    /// 2 series x 2 plates x 2 sections, 4 classes, 32x32 fields, 96 sites: for tests.
+    /// 2 series x 2 plates x 2 sections, 4 classes (perturbations in
+    /// families of 2), 32x32 fields, 96 sites: for tests.
     Tiny,
     /// GRID-like: 3 series x 2 plates x 4 sections, 8 classes, 4 per plate
-    /// (the same set in every section), 64x64 fields, 864 sites.
+    /// (the same set in every section), perturbations in families of 3,
+    /// 64x64 fields, 864 sites.
     GridLike,
     /// LINCS-like platemap: 2 series x 3 plates; plate groups hold disjoint
-    /// classes except the control; 64x64 fields, 864 sites.
+    /// classes except the control; families of 3; 64x64 fields, 864 sites.
     LincsLike,
     /// RxRx1-like: 4 experiments (series) x 4 plates, 40 classes spread
     /// anew over the plates of each experiment plus a control on every
-    /// plate, 128x128 fields, 1408 sites.
+    /// plate, families of 4, 128x128 fields, 1408 sites.
     RxrxLike,
 }
 
@@ -47,6 +49,7 @@ impl SynthPreset {
                 cell_spread: 0.25,
                 class_effect: 0.5,
                 changes_per_class: 3,
+                family_size: 2,
                 classes: ClassPlan::Grid {
                     classes: 4,
                     per_plate: 3,
@@ -63,6 +66,7 @@ impl SynthPreset {
                 cell_spread: 0.25,
                 class_effect: 0.45,
                 changes_per_class: 3,
+                family_size: 3,
                 classes: ClassPlan::Grid {
                     classes: 8,
                     per_plate: 4,
@@ -79,6 +83,7 @@ impl SynthPreset {
                 cell_spread: 0.25,
                 class_effect: 0.45,
                 changes_per_class: 3,
+                family_size: 3,
                 classes: ClassPlan::PlateMap {
                     groups: 3,
                     per_group: 3,
@@ -96,6 +101,7 @@ impl SynthPreset {
                 cell_spread: 0.25,
                 class_effect: 0.4,
                 changes_per_class: 3,
+                family_size: 4,
                 classes: ClassPlan::Rxrx {
                     classes: 40,
                     controls: 1,
@@ -134,6 +140,8 @@ pub struct Shape {
     pub class_effect: f32,
     /// How many features each perturbed class changes.
     pub changes_per_class: usize,
+    /// Perturbations per family (members share all changes but one); 1: no families.
+    pub family_size: usize,
     /// Which classes go where.
     pub classes: ClassPlan,
 }
