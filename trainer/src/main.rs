@@ -136,9 +136,14 @@ enum Command {
         /// Output folder (runs and the table).
         #[arg(long)]
         out: PathBuf,
-        /// Methods.
-        #[arg(long, value_delimiter = ',', default_value = "erm,abra,dann,mixstyle")]
-        methods: Vec<String>,
+        /// Methods, each optionally with parameters (`scbd:alpha=64`), so
+        /// one bench can sweep them.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "erm,abra,dann,mixstyle,scbd"
+        )]
+        methods: Vec<bfx_trainer::bench::MethodVariant>,
         /// Levels.
         #[arg(
             long,

@@ -2,8 +2,11 @@
 //! and summarize them in one table like the IST paper's Table 1 (macro-F1
 //! per generalization level, mean and std over seeds). Runs that already
 //! have their metrics are reused, so an interrupted bench continues.
+//! A method may carry parameters (`scbd:alpha=64`), so one bench sweeps them.
 
-use std::fmt::Write as _;
+mod report;
+mod variant;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -17,11 +20,14 @@ use crate::eval::{self, Evaluation};
 use crate::fit::{self, FitError};
 use crate::linear::mean_std;
 
+pub use self::report::write_results;
+pub use self::variant::MethodVariant;
+
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct BenchPlan {
-    /// Methods.
-    pub methods: Vec<String>,
+    /// Methods, with parameters.
+    pub methods: Vec<MethodVariant>,
     /// Levels.
     pub levels: Vec<SplitLevel>,
     /// Folds per level: `None` for all.
@@ -33,8 +39,12 @@ pub struct BenchPlan {
 /// One row of the table: a method, with or without AdaBN plate statistics.
 #[derive(Clone, Debug, Serialize)]
 pub struct Row {
-    /// `ERM`, `ERM+AdaBN`, ...
+    /// `ERM`, `ERM+AdaBN`, `SCBD (alpha 64)`, ...
     pub name: String,
+    /// The method as the plan gave it (`scbd:alpha=64`).
+    pub variant: String,
+    /// Whether the row is with AdaBN plate statistics.
+    pub adabn: bool,
     /// Per level (in plan order): mean and std over seeds of the
     /// fold-averaged macro-F1, or `None` when not run.
     pub f1: Vec<Option<(f64, f64)>>,
@@ -50,11 +60,26 @@ pub struct BenchResult {
     /// Rows.
     pub rows: Vec<Row>,
     /// Every evaluation.
-    pub runs: Vec<Evaluation>,
+    pub runs: Vec<BenchRun>,
 }
 
-fn run_dir(out: &Path, method: &str, level: SplitLevel, fold: usize, seed: u64) -> PathBuf {
-    out.join("runs").join(method).join(format!(
+/// One run of the bench.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchRun {
+    /// The method as the plan gave it (`scbd:alpha=64`).
+    pub variant: String,
+    /// Its evaluation.
+    pub evaluation: Evaluation,
+}
+
+fn run_dir(
+    out: &Path,
+    method: &MethodVariant,
+    level: SplitLevel,
+    fold: usize,
+    seed: u64,
+) -> PathBuf {
+    out.join("runs").join(method.dir_name()).join(format!(
         "{}-fold{fold}-seed{seed}",
         split::level_name(level)
     ))
@@ -96,16 +121,21 @@ pub fn bench(
                         "{method} {} fold {fold} seed {seed}",
                         split::level_name(level)
                     );
+                    let done = |evaluation| BenchRun {
+                        variant: method.to_string(),
+                        evaluation,
+                    };
                     if let Some(e) = std::fs::read_to_string(&metrics)
                         .ok()
                         .and_then(|t| serde_json::from_str(&t).ok())
                     {
                         progress(&format!("{label}: done before"));
-                        runs.push(e);
+                        runs.push(done(e));
                         continue;
                     }
                     let mut c = base.clone();
-                    c.method.name = method.clone();
+                    c.method.name = method.method.clone();
+                    c.method.params = method.table(&base.method.name, &base.method.params);
                     c.split.level = level;
                     c.split.fold = fold;
                     c.seed = seed;
@@ -131,7 +161,7 @@ pub fn bench(
                             .map(|a| format!(", with AdaBN {:.3}", a.macro_f1))
                             .unwrap_or_default()
                     ));
-                    runs.push(e);
+                    runs.push(done(e));
                 }
             }
         }
@@ -139,17 +169,7 @@ pub fn bench(
     Ok(summarize(plan, runs))
 }
 
-fn pretty(method: &str) -> String {
-    match method {
-        "erm" => "ERM".into(),
-        "abra" => "ABRA".into(),
-        "dann" => "DANN".into(),
-        "mixstyle" => "MixStyle".into(),
-        other => other.to_owned(),
-    }
-}
-
-fn summarize(plan: &BenchPlan, runs: Vec<Evaluation>) -> BenchResult {
+fn summarize(plan: &BenchPlan, runs: Vec<BenchRun>) -> BenchResult {
     let levels: Vec<String> = plan
         .levels
         .iter()
@@ -157,6 +177,12 @@ fn summarize(plan: &BenchPlan, runs: Vec<Evaluation>) -> BenchResult {
         .collect();
     let mut rows = Vec::new();
     for method in &plan.methods {
+        let variant = method.to_string();
+        let of_method: Vec<&Evaluation> = runs
+            .iter()
+            .filter(|r| r.variant == variant)
+            .map(|r| &r.evaluation)
+            .collect();
         for adabn in [false, true] {
             let pick = |e: &Evaluation| {
                 if adabn {
@@ -165,11 +191,7 @@ fn summarize(plan: &BenchPlan, runs: Vec<Evaluation>) -> BenchResult {
                     Some(e.plain.clone())
                 }
             };
-            if adabn
-                && !runs
-                    .iter()
-                    .any(|e| e.method == *method && e.adabn.is_some())
-            {
+            if adabn && !of_method.iter().any(|e| e.adabn.is_some()) {
                 continue;
             }
             let stat = |level: &str, f: &dyn Fn(&eval::ModeMetrics) -> f64| {
@@ -178,9 +200,9 @@ fn summarize(plan: &BenchPlan, runs: Vec<Evaluation>) -> BenchResult {
                     .seeds
                     .iter()
                     .filter_map(|&s| {
-                        let v: Vec<f64> = runs
+                        let v: Vec<f64> = of_method
                             .iter()
-                            .filter(|e| e.method == *method && e.level == level && e.seed == s)
+                            .filter(|e| e.level == level && e.seed == s)
                             .filter_map(|e| pick(e).map(|m| f(&m)))
                             .collect();
                         mean_std(&v).map(|x| x.0)
@@ -189,127 +211,13 @@ fn summarize(plan: &BenchPlan, runs: Vec<Evaluation>) -> BenchResult {
                 mean_std(&per_seed)
             };
             rows.push(Row {
-                name: format!("{}{}", pretty(method), if adabn { "+AdaBN" } else { "" }),
+                name: format!("{}{}", method.title(), if adabn { "+AdaBN" } else { "" }),
+                variant: variant.clone(),
+                adabn,
                 f1: levels.iter().map(|l| stat(l, &|m| m.macro_f1)).collect(),
                 accuracy: levels.iter().map(|l| stat(l, &|m| m.accuracy)).collect(),
             });
         }
     }
     BenchResult { levels, rows, runs }
-}
-
-fn level_title(level: &str) -> &'static str {
-    match level {
-        "iid" => "IID",
-        "section" => "Level 1 (section out)",
-        "plate" => "Level 2 (plate out)",
-        _ => "Level 3 (series out)",
-    }
-}
-
-/// `results.md`, `results.json` and `f1_by_level.png` in `out`; `base`
-/// and `plan` are described in the markdown so the table says what it measured.
-pub fn write_results(
-    out: &Path,
-    result: &BenchResult,
-    base: &TrainerConfig,
-    plan: &BenchPlan,
-    command: &str,
-) -> Result<(), String> {
-    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let mut md = String::new();
-    let _ = writeln!(
-        md,
-        "# Benchmark\n\nMade by `{command}`; do not edit by hand.\n"
-    );
-    let geometry = match base.preprocess.geometry {
-        bfx_core::preprocess::Geometry::Resize { height, width } => {
-            format!("resized to {height}x{width}")
-        }
-        bfx_core::preprocess::Geometry::Tile { size, stride } => {
-            format!("{size}x{size} tiles every {stride} px")
-        }
-    };
-    let normalization = match base.preprocess.normalization {
-        bfx_core::preprocess::Normalization::SelfStandardize { .. } => "per-image standardization",
-        bfx_core::preprocess::Normalization::Percentile { .. } => {
-            "fixed percentiles (plate intensity differences kept)"
-        }
-    };
-    let _ = writeln!(
-        md,
-        "Setting: data `{}`; channels {:?} {geometry}, {normalization}; ResNet18 layout, width {}, {:?} norm, embedding {}; \
-         AdamW lr {}, weight decay {}, batch {}, {} steps; folds {}; seeds {:?}. \
-         `+AdaBN` rows are the same runs evaluated with each test plate's own BatchNorm statistics.\n",
-        base.data.manifest.display(),
-        base.preprocess.channels,
-        base.model.width,
-        base.model.norm,
-        base.model.embedding_dim,
-        base.optim.lr,
-        base.optim.weight_decay,
-        base.optim.batch_size,
-        base.optim.steps,
-        plan.folds
-            .as_ref()
-            .map_or("all".to_owned(), |f| format!("{f:?}")),
-        plan.seeds,
-    );
-    let _ = writeln!(
-        md,
-        "Macro-F1 on held-out environments, mean ± std over seeds (each seed's value averaged over folds).\n"
-    );
-    let header: Vec<&str> = result.levels.iter().map(|l| level_title(l)).collect();
-    let _ = writeln!(
-        md,
-        "| method | {} |\n|---|{}",
-        header.join(" | "),
-        "---|".repeat(header.len())
-    );
-    let cell =
-        |v: &Option<(f64, f64)>| v.map_or("–".to_owned(), |(m, s)| format!("{m:.3} ± {s:.3}"));
-    for r in &result.rows {
-        let cells: Vec<String> = r.f1.iter().map(cell).collect();
-        let _ = writeln!(md, "| {} | {} |", r.name, cells.join(" | "));
-    }
-    let _ = writeln!(
-        md,
-        "\nAccuracy, same layout:\n\n| method | {} |\n|---|{}",
-        header.join(" | "),
-        "---|".repeat(header.len())
-    );
-    for r in &result.rows {
-        let cells: Vec<String> = r.accuracy.iter().map(cell).collect();
-        let _ = writeln!(md, "| {} | {} |", r.name, cells.join(" | "));
-    }
-    let _ = writeln!(md, "\n![macro-F1 by level](f1_by_level.png)");
-    std::fs::write(out.join("results.md"), md).map_err(|e| e.to_string())?;
-    let json = serde_json::to_string_pretty(result).map_err(|e| e.to_string())?;
-    std::fs::write(out.join("results.json"), json + "\n").map_err(|e| e.to_string())?;
-    let bars: Vec<(String, Vec<Option<f64>>)> = result
-        .rows
-        .iter()
-        .map(|r| {
-            (
-                r.name.clone(),
-                r.f1.iter().map(|v| v.map(|x| x.0)).collect(),
-            )
-        })
-        .collect();
-    let titles: Vec<&str> = result
-        .levels
-        .iter()
-        .map(|l| match l.as_str() {
-            "iid" => "IID",
-            "section" => "L1 section",
-            "plate" => "L2 plate",
-            _ => "L3 series",
-        })
-        .collect();
-    crate::eval::plots::level_bars(
-        &out.join("f1_by_level.png"),
-        "Macro-F1 by generalization level",
-        &titles,
-        &bars,
-    )
 }
