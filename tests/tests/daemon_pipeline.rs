@@ -2,7 +2,8 @@
 //! model, the daemon started on an empty folder, two plates replayed into
 //! it while it runs; then Python's anndata reads every plate and each
 //! complete site must be there exactly once with the embedding the bundle
-//! gives that site offline (1e-4), in correction modes `none` and `adabn`.
+//! gives that site offline (1e-4), in correction modes `none` and `adabn`,
+//! and with an SCBD bundle (its batch-invariant z_c, mode `none`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -16,9 +17,9 @@ use bfx_tests::run_python;
 const PLATES: [&str; 2] = ["S2P1", "S2P2"];
 const SITES_PER_PLATE: usize = 24;
 
-/// A tiny screen and a bundle trained on it for a few steps.
-fn screen_and_bundle(dir: &Path) -> (PathBuf, PathBuf) {
-    let config = bfx_tests::tiny_run(dir, "erm", 10);
+/// A tiny screen and a bundle of `method` trained on it for a few steps.
+fn screen_and_bundle(dir: &Path, method: &str) -> (PathBuf, PathBuf) {
+    let config = bfx_tests::tiny_run(dir, method, 10);
     let bundle = dir.join("bundle");
     bfx_trainer::export::export(&config.out, &bundle, false).unwrap_or_else(|e| panic!("{e}"));
     (dir.join("screen"), bundle)
@@ -185,7 +186,18 @@ fn run_mode(screen: &Path, bundle_dir: &Path, mode: &str) {
 #[test]
 fn replayed_plates_are_embedded_once_as_the_bundle_embeds_them_offline() {
     let tmp = tempfile::tempdir().expect("temp dir");
-    let (screen, bundle) = screen_and_bundle(tmp.path());
+    let (screen, bundle) = screen_and_bundle(tmp.path(), "erm");
     run_mode(&screen, &bundle, "none");
     run_mode(&screen, &bundle, "adabn");
+}
+
+#[test]
+fn an_scbd_bundle_embeds_replayed_plates_as_offline() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let (screen, bundle) = screen_and_bundle(tmp.path(), "scbd");
+    assert_eq!(
+        Bundle::open(&bundle).expect("bundle").manifest.method,
+        "scbd"
+    );
+    run_mode(&screen, &bundle, "none");
 }

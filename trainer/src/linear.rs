@@ -104,6 +104,24 @@ impl LogisticRegression {
         model
     }
 
+    /// The model as one affine map of raw features: `(weights, bias)`
+    /// with `logits = weights * row + bias` (the standardization folded in).
+    pub fn affine(&self) -> (Vec<Vec<f64>>, Vec<f64>) {
+        let d = self.mean.len();
+        let weights: Vec<Vec<f64>> = self
+            .weights
+            .iter()
+            .map(|w| (0..d).map(|j| w[j] / self.scale[j]).collect())
+            .collect();
+        let bias = self
+            .weights
+            .iter()
+            .zip(&weights)
+            .map(|(w, raw)| w[d] - (0..d).map(|j| raw[j] * self.mean[j]).sum::<f64>())
+            .collect();
+        (weights, bias)
+    }
+
     fn standardize(&self, row: &[f64]) -> Vec<f64> {
         row.iter()
             .zip(self.mean.iter().zip(&self.scale))
@@ -222,6 +240,20 @@ mod tests {
         let model = LogisticRegression::fit(&x, &y, 3, FitOptions::default());
         let predicted: Vec<usize> = x.iter().map(|r| model.predict(r)).collect();
         assert_eq!(accuracy(&y, &predicted), 1.0);
+        // The folded affine map gives the same probabilities on raw rows.
+        let (w, b) = model.affine();
+        for row in x.iter().step_by(37) {
+            let logits: Vec<f64> = w
+                .iter()
+                .zip(&b)
+                .map(|(wc, bc)| wc.iter().zip(row).map(|(a, v)| a * v).sum::<f64>() + bc)
+                .collect();
+            let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let total: f64 = logits.iter().map(|l| (l - max).exp()).sum();
+            for (l, p) in logits.iter().zip(model.predict_proba(row)) {
+                assert!(((l - max).exp() / total - p).abs() < 1e-9);
+            }
+        }
         // Labels unrelated to the features are predicted at about chance.
         let shuffled: Vec<usize> = (0..300).map(|i| (i * 31 / 7) % 3).collect();
         let noise_model =

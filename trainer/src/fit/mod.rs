@@ -4,6 +4,7 @@
 
 pub mod batches;
 pub mod checkpoint;
+pub mod probe;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -249,6 +250,9 @@ pub fn fit(
                 .join("  "),
         );
         if meta.step.is_multiple_of(eval_every) || meta.step == config.optim.steps {
+            if method.fits_probe_head() {
+                probe::fit_head(&model, &map, &run.images, train, device)?;
+            }
             let (val_loss, val_accuracy) =
                 validate(&model, method.as_ref(), &run.images, &run.parts.val, device)?;
             meta.history.push(HistoryPoint {

@@ -61,6 +61,11 @@ pub trait Method {
         opt: &mut AdamW,
         step: usize,
     ) -> Result<Terms>;
+    /// Whether the class head is not trained by the method but fitted as
+    /// a linear probe on the training embeddings at every validation.
+    fn fits_probe_head(&self) -> bool {
+        false
+    }
     /// The loss of one validation batch (running statistics) that model
     /// selection minimizes, given the classifier's `logits` for it;
     /// `None` when the batch cannot measure it. By default the

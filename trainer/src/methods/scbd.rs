@@ -7,8 +7,9 @@
 //!
 //! The model's f_c is the classifier's encoder and projection head (the
 //! exported embedding is z_c); f_e lives under `method.env`. The class
-//! head is an online linear probe on the detached z_c: it never shapes
-//! the embedding, and gives `eval` and the daemon their class scores.
+//! head never shapes the embedding: at every validation it is refitted as
+//! a linear probe on the training images' z_c (`fit::probe`), which gives
+//! `eval`, export and the daemon their class scores.
 //! Training draws y-grouped minibatches so every anchor has positives.
 
 use candle_core::{DType, Result, Tensor};
@@ -16,7 +17,7 @@ use candle_nn::{Module, VarBuilder};
 use serde::Deserialize;
 
 use super::contrastive::{invariance, supcon};
-use super::{Batch, Method, MethodContext, Terms, cross_entropy};
+use super::{Batch, Method, MethodContext, Terms};
 use crate::dataset::SamplerKind;
 use crate::model::{Classifier, Embed, EmbedHead, seeded_init};
 use crate::nn::{NormPass, ResNet};
@@ -72,7 +73,6 @@ struct Losses {
     env: Tensor,
     invariance: Tensor,
     total: Tensor,
-    z_c: Tensor,
 }
 
 impl Scbd {
@@ -136,7 +136,6 @@ impl Scbd {
             env,
             invariance,
             total,
-            z_c,
         })
     }
 }
@@ -157,17 +156,18 @@ impl Method for Scbd {
         _: usize,
     ) -> Result<Terms> {
         let l = self.losses(model, batch, NormPass::train)?;
-        // The probe sees a detached z_c: it reads the embedding, never shapes it.
-        let probe = cross_entropy(&model.logits(&l.z_c.detach())?, &batch.y)?;
-        opt.step(&(&l.total + &probe)?.backward()?)?;
+        opt.step(&l.total.backward()?)?;
         let scalar = |t: &Tensor| t.to_scalar::<f32>();
         Ok(vec![
             ("loss", scalar(&l.total)?),
             ("supcon_c", scalar(&l.class)?),
             ("supcon_e", scalar(&l.env)?),
             ("inv", scalar(&l.invariance)?),
-            ("probe", scalar(&probe)?),
         ])
+    }
+
+    fn fits_probe_head(&self) -> bool {
+        true
     }
 
     /// SCBD's own loss with running statistics; a batch where no two
