@@ -43,8 +43,9 @@ pub struct Params {
     pub temperature: f64,
     /// Labels of z_e's contrastive loss (default `env`).
     pub env_labels: EnvLabels,
-    /// Images per class in a y-grouped minibatch (default 8; the batch
-    /// holds `batch_size / per_class` classes).
+    /// Images per class in a y-grouped minibatch (default 4; the batch
+    /// holds `batch_size / per_class` classes: 8 at batch 32, so each
+    /// anchor meets negatives of many classes).
     pub per_class: usize,
 }
 
@@ -54,7 +55,7 @@ impl Default for Params {
             alpha: 64.0,
             temperature: 0.1,
             env_labels: EnvLabels::Env,
-            per_class: 8,
+            per_class: 4,
         }
     }
 }
