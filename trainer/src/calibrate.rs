@@ -230,7 +230,7 @@ pub fn report(
         }
         let _ = writeln!(
             md,
-            "\n| class | features changed from the control (log-scale shift) |\n|---|---|"
+            "\nPerturbations come in families (the ground truth of relationship recovery): members change the same features in the same direction and one feature of their own.\n\n| class | family | features changed from the control (log-scale shift) |\n|---|---|---|"
         );
         for c in &d.classes {
             let changes: Vec<String> = c
@@ -243,7 +243,8 @@ pub fn report(
             } else {
                 changes.join(", ")
             };
-            let _ = writeln!(md, "| {} | {shown} |", c.name);
+            let family = c.family.as_deref().unwrap_or("–");
+            let _ = writeln!(md, "| {} | {family} | {shown} |", c.name);
         }
     }
     let _ = writeln!(
