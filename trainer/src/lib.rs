@@ -15,4 +15,5 @@ pub mod optim;
 pub mod random;
 pub mod runtime;
 pub mod sheet;
+pub mod swap;
 pub mod synth;

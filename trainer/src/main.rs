@@ -126,6 +126,23 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Write SCBD's swap grid (a run trained with the method parameter
+    /// decoder = true): held-out images decoded with the z_c of one and
+    /// the z_e of another; rows give z_c, columns z_e.
+    Swap {
+        /// The run's output folder (trainer.out).
+        #[arg(long)]
+        run: PathBuf,
+        /// PNG to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Images (one per held-out class, at most).
+        #[arg(long, default_value_t = 6)]
+        images: usize,
+        /// Magnification of each field.
+        #[arg(long, default_value_t = 3)]
+        zoom: usize,
+    },
     /// Fit and evaluate methods x levels x folds x seeds from one base
     /// config and write one table (results.md, results.json,
     /// f1_by_level.png). Finished runs are reused: rerun to continue.
@@ -444,6 +461,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!(
                 "{}",
                 std::fs::read_to_string(out.join("results.md")).unwrap_or_default()
+            );
+            Ok(())
+        }
+        Command::Swap {
+            run,
+            out,
+            images,
+            zoom,
+        } => {
+            let device = training_device()?;
+            let grid = bfx_trainer::swap::swap_grid(&run, &out, images, zoom.max(1), &device)
+                .with_context(|| format!("cannot draw the swap grid of {}", run.display()))?;
+            println!("wrote {}", out.display());
+            println!(
+                "     rows give z_c, columns z_e: {}",
+                grid.images.join(", ")
             );
             Ok(())
         }

@@ -18,7 +18,7 @@ use crate::dataset::Manifest;
 
 /// False colours (RGB) of channels in manifest order: blue, red, green,
 /// yellow, then cyan and magenta for a fifth and sixth channel.
-const PALETTE: [[f32; 3]; 6] = [
+pub(crate) const PALETTE: [[f32; 3]; 6] = [
     [0.15, 0.35, 1.0],
     [1.0, 0.2, 0.15],
     [0.2, 1.0, 0.25],
@@ -27,9 +27,9 @@ const PALETTE: [[f32; 3]; 6] = [
     [0.9, 0.2, 0.9],
 ];
 /// Gap between cells and between sites in a cell, pixels.
-const GAP: usize = 3;
+pub(crate) const GAP: usize = 3;
 /// Background of the gaps and of empty cells.
-const GAP_GREY: u8 = 40;
+pub(crate) const GAP_GREY: u8 = 40;
 const EMPTY_GREY: u8 = 18;
 
 /// Why a sheet could not be made.
@@ -111,21 +111,8 @@ pub fn contact_sheet(
         }
         fields.insert(i, planes);
     }
-    let ranges: Vec<(f32, f32)> = (0..c)
-        .map(|ch| {
-            let mut all: Vec<f32> = fields
-                .values()
-                .flat_map(|f| f[ch].iter().copied())
-                .collect();
-            all.sort_by(f32::total_cmp);
-            let at = |q: f64| {
-                all.get(((all.len().saturating_sub(1)) as f64 * q) as usize)
-                    .copied()
-            };
-            let lo = at(0.01).unwrap_or(0.0);
-            (lo, at(0.999).unwrap_or(1.0).max(lo + 1.0))
-        })
-        .collect();
+    // Raw camera counts: a span of at least one count.
+    let ranges = channel_ranges(fields.values(), c, 1.0);
 
     let (fh, fw) = (side.0 * zoom, side.1 * zoom);
     let cell_w = sites * fw + (sites - 1) * GAP;
@@ -139,25 +126,14 @@ pub fn contact_sheet(
             let shown = cells.get(&(class.clone(), plate.clone()));
             for s in 0..sites {
                 let xs = x0 + s * (fw + GAP);
-                let field = shown.and_then(|l| l.get(s)).and_then(|i| fields.get(i));
-                for y in 0..fh {
-                    for x in 0..fw {
-                        let o = ((y0 + y) * width + xs + x) * 3;
-                        let Some(planes) = field else {
-                            rgb[o..o + 3].fill(EMPTY_GREY);
-                            continue;
-                        };
-                        let p = (y / zoom) * side.1 + x / zoom;
-                        let mut colour = [0.0f32; 3];
-                        for (ch, plane) in planes.iter().enumerate() {
-                            let (lo, hi) = ranges[ch];
-                            let v = ((plane[p] - lo) / (hi - lo)).clamp(0.0, 1.0);
-                            for k in 0..3 {
-                                colour[k] += v * PALETTE[ch][k];
-                            }
-                        }
-                        for k in 0..3 {
-                            rgb[o + k] = (colour[k].min(1.0) * 255.0).round() as u8;
+                match shown.and_then(|l| l.get(s)).and_then(|i| fields.get(i)) {
+                    Some(planes) => {
+                        paint_field(&mut rgb, width, (xs, y0), planes, side, zoom, &ranges)
+                    }
+                    None => {
+                        for y in 0..fh {
+                            let o = ((y0 + y) * width + xs) * 3;
+                            rgb[o..o + fw * 3].fill(EMPTY_GREY);
                         }
                     }
                 }
@@ -173,6 +149,58 @@ pub fn contact_sheet(
     })
 }
 
+/// Display range of each of `c` channels over `fields` (channel planes):
+/// the 1st to 99.9th percentile (at least `min_span` wide), so gain
+/// differences stay visible.
+pub(crate) fn channel_ranges<'a>(
+    fields: impl Iterator<Item = &'a Vec<Vec<f32>>> + Clone,
+    c: usize,
+    min_span: f32,
+) -> Vec<(f32, f32)> {
+    (0..c)
+        .map(|ch| {
+            let mut all: Vec<f32> = fields.clone().flat_map(|f| f[ch].iter().copied()).collect();
+            all.sort_by(f32::total_cmp);
+            let at = |q: f64| {
+                all.get(((all.len().saturating_sub(1)) as f64 * q) as usize)
+                    .copied()
+            };
+            let lo = at(0.01).unwrap_or(0.0);
+            (lo, at(0.999).unwrap_or(lo + min_span).max(lo + min_span))
+        })
+        .collect()
+}
+
+/// Paint one field (channel planes of `side` = (h, w)) in false colour,
+/// scaled `zoom` times, into `rgb` (rows `width` pixels) at `(x0, y0)`.
+pub(crate) fn paint_field(
+    rgb: &mut [u8],
+    width: usize,
+    (x0, y0): (usize, usize),
+    planes: &[Vec<f32>],
+    side: (usize, usize),
+    zoom: usize,
+    ranges: &[(f32, f32)],
+) {
+    for y in 0..side.0 * zoom {
+        for x in 0..side.1 * zoom {
+            let o = ((y0 + y) * width + x0 + x) * 3;
+            let p = (y / zoom) * side.1 + x / zoom;
+            let mut colour = [0.0f32; 3];
+            for (ch, plane) in planes.iter().enumerate() {
+                let (lo, hi) = ranges[ch];
+                let v = ((plane[p] - lo) / (hi - lo)).clamp(0.0, 1.0);
+                for k in 0..3 {
+                    colour[k] += v * PALETTE[ch][k];
+                }
+            }
+            for k in 0..3 {
+                rgb[o + k] = (colour[k].min(1.0) * 255.0).round() as u8;
+            }
+        }
+    }
+}
+
 fn dedup(items: impl Iterator<Item = String>) -> Vec<String> {
     let mut seen = Vec::new();
     for item in items {
@@ -183,7 +211,13 @@ fn dedup(items: impl Iterator<Item = String>) -> Vec<String> {
     seen
 }
 
-fn write_png(path: &Path, width: usize, height: usize, rgb: &[u8]) -> Result<(), SheetError> {
+/// Write an 8-bit RGB PNG, creating its folder.
+pub(crate) fn write_png(
+    path: &Path,
+    width: usize,
+    height: usize,
+    rgb: &[u8],
+) -> Result<(), SheetError> {
     let fail = |e: String| SheetError::Write(path.to_owned(), e);
     let mut bytes = Vec::new();
     {

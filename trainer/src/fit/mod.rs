@@ -162,6 +162,7 @@ pub fn fit(
         envs: run.parts.train_plates,
         steps: config.optim.steps,
         seed: config.seed ^ 0xA5A5,
+        image: run.images.shape,
     };
     let mut method = methods::build(&config.method.name, &config.method.params, &ctx)?;
     let mut params = trainable(&map, &format!("{}.", model::MODEL_PREFIX));

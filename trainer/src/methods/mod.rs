@@ -5,10 +5,11 @@
 mod abra;
 pub mod contrastive;
 mod dann;
+pub mod decoder;
 mod erm;
 pub mod layers;
 mod mixstyle;
-mod scbd;
+pub mod scbd;
 
 use candle_core::{Device, Result, Tensor};
 use candle_nn::VarMap;
@@ -47,6 +48,8 @@ pub struct MethodContext<'a> {
     pub steps: usize,
     /// Seed of the method's own random choices.
     pub seed: u64,
+    /// Shape `[c, h, w]` of the training images.
+    pub image: [usize; 3],
 }
 
 /// A training method.
@@ -133,7 +136,7 @@ pub fn build(
 }
 
 /// A method's parameters from its table (unknown keys refused, defaults filled).
-fn parse<P: DeserializeOwned>(params: &toml::Table) -> std::result::Result<P, MethodError> {
+pub fn parse<P: DeserializeOwned>(params: &toml::Table) -> std::result::Result<P, MethodError> {
     toml::Value::Table(params.clone())
         .try_into()
         .map_err(|e: toml::de::Error| MethodError::Params(e.message().to_owned()))

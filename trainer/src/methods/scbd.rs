@@ -11,17 +11,24 @@
 //! a linear probe on the training images' z_c (`fit::probe`), which gives
 //! `eval`, export and the daemon their class scores.
 //! Training draws y-grouped minibatches so every anchor has positives.
+//!
+//! With `decoder = true` a decoder (under `adversary.scbd_decoder`, with
+//! its own AdamW) learns to reconstruct each image from its detached
+//! (z_c, z_e); `bfx-trainer swap` then decodes z_c of one image with z_e
+//! of another. Its optimizer state is not checkpointed: on `--resume` it
+//! restarts, the embeddings do not change.
 
 use candle_core::{DType, Result, Tensor};
 use candle_nn::{Module, VarBuilder};
 use serde::Deserialize;
 
 use super::contrastive::{invariance, supcon};
+use super::decoder::Decoder;
 use super::{Batch, Method, MethodContext, Terms};
 use crate::dataset::SamplerKind;
 use crate::model::{Classifier, Embed, EmbedHead, seeded_init};
 use crate::nn::{NormPass, ResNet};
-use crate::optim::AdamW;
+use crate::optim::{AdamW, trainable};
 
 /// What z_e is trained to group by.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -43,6 +50,10 @@ pub struct Params {
     pub temperature: f64,
     /// Labels of z_e's contrastive loss (default `env`).
     pub env_labels: EnvLabels,
+    /// Train the decoder for swap grids (default false).
+    pub decoder: bool,
+    /// Learning rate of the decoder's AdamW (default 1e-3).
+    pub decoder_lr: f64,
     /// Images per class in a y-grouped minibatch (default 4; the batch
     /// holds `batch_size / per_class` classes: 8 at batch 32, so each
     /// anchor meets negatives of many classes).
@@ -56,6 +67,8 @@ impl Default for Params {
             temperature: 0.1,
             env_labels: EnvLabels::Env,
             per_class: 4,
+            decoder: false,
+            decoder_lr: 1e-3,
         }
     }
 }
@@ -66,6 +79,7 @@ pub struct Scbd {
     envs: u32,
     env_encoder: ResNet,
     env_embed: Embed,
+    decoder: Option<(Decoder, AdamW)>,
 }
 
 /// SCBD's loss terms of one batch.
@@ -74,6 +88,8 @@ struct Losses {
     env: Tensor,
     invariance: Tensor,
     total: Tensor,
+    z_c: Tensor,
+    z_e: Tensor,
 }
 
 impl Scbd {
@@ -104,11 +120,23 @@ impl Scbd {
             vb.pp("embed"),
         )?;
         seeded_init(ctx.map, "method.env", ctx.seed)?;
+        let decoder = if params.decoder {
+            let prefix = "adversary.scbd_decoder";
+            let vb = VarBuilder::from_varmap(ctx.map, DType::F32, ctx.device).pp(prefix);
+            let z = 2 * ctx.spec.embedding_dim;
+            let d = Decoder::new(z, ctx.image, spec.width, vb)?;
+            seeded_init(ctx.map, prefix, ctx.seed ^ 1)?;
+            let opt = AdamW::new(trainable(ctx.map, prefix), params.decoder_lr, 0.0)?;
+            Some((d, opt))
+        } else {
+            None
+        };
         Ok(Scbd {
             params,
             envs: ctx.envs as u32,
             env_encoder,
             env_embed,
+            decoder,
         })
     }
 
@@ -137,6 +165,8 @@ impl Scbd {
             env,
             invariance,
             total,
+            z_c,
+            z_e,
         })
     }
 }
@@ -159,12 +189,19 @@ impl Method for Scbd {
         let l = self.losses(model, batch, NormPass::train)?;
         opt.step(&l.total.backward()?)?;
         let scalar = |t: &Tensor| t.to_scalar::<f32>();
-        Ok(vec![
+        let mut terms = vec![
             ("loss", scalar(&l.total)?),
             ("supcon_c", scalar(&l.class)?),
             ("supcon_e", scalar(&l.env)?),
             ("inv", scalar(&l.invariance)?),
-        ])
+        ];
+        if let Some((decoder, decoder_opt)) = &mut self.decoder {
+            let z = Tensor::cat(&[l.z_c.detach(), l.z_e.detach()], 1)?;
+            let recon = (decoder.forward(&z)? - &batch.x)?.sqr()?.mean_all()?;
+            decoder_opt.step(&recon.backward()?)?;
+            terms.push(("recon", scalar(&recon)?));
+        }
+        Ok(terms)
     }
 
     fn fits_probe_head(&self) -> bool {
@@ -188,5 +225,33 @@ impl Method for Scbd {
         }
         let l = self.losses(model, batch, NormPass::eval)?;
         Ok(Some(l.total.to_scalar::<f32>()?))
+    }
+}
+
+impl Scbd {
+    /// The swap grid of `x` (`n` images): image `n * i + j` decodes z_c of
+    /// image `i` with z_e of image `j`, running statistics throughout.
+    pub fn swap(&self, model: &Classifier, x: &Tensor) -> Result<Tensor> {
+        let Some((decoder, _)) = &self.decoder else {
+            candle_core::bail!(
+                "this SCBD run was trained without a decoder (method parameter decoder = true)"
+            );
+        };
+        let n = x.dim(0)?;
+        let z_c =
+            model.embed(&model.features_with(x, &mut NormPass::eval(), &mut |_, t| Ok(t))?)?;
+        let z_e = self
+            .env_embed
+            .forward(&self.env_encoder.forward(x, &mut NormPass::eval())?)?;
+        let d = z_c.dim(1)?;
+        let content = z_c
+            .unsqueeze(1)?
+            .broadcast_as((n, n, d))?
+            .reshape((n * n, d))?;
+        let style = z_e
+            .unsqueeze(0)?
+            .broadcast_as((n, n, d))?
+            .reshape((n * n, d))?;
+        decoder.forward(&Tensor::cat(&[content, style], 1)?)
     }
 }
