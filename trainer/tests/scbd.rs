@@ -44,15 +44,18 @@ fn a_decoder_run_draws_a_swap_grid_and_other_runs_are_refused_clearly() {
     let text = std::fs::read_to_string(&config).unwrap();
     let run = fit(&config, &text, "scbd", "scbd");
     let png = tmp.path().join("swap.png");
-    let o = trainer(&[
-        "swap".as_ref(),
-        "--run".as_ref(),
-        run.as_os_str(),
-        "--out".as_ref(),
-        png.as_os_str(),
-        "--zoom".as_ref(),
-        "1".as_ref(),
-    ]);
+    let swap = |run: &std::path::Path| {
+        trainer(&[
+            "swap".as_ref(),
+            "--run".as_ref(),
+            run.as_os_str(),
+            "--out".as_ref(),
+            png.as_os_str(),
+            "--zoom".as_ref(),
+            "1".as_ref(),
+        ])
+    };
+    let o = swap(&run);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // The tiny screen's iid test set holds its 4 classes: a 5 x 5 grid of 32 px fields.
@@ -79,14 +82,7 @@ fn a_decoder_run_draws_a_swap_grid_and_other_runs_are_refused_clearly() {
             "a swap grid needs an SCBD run, this one trained erm",
         ),
     ] {
-        let run = fit(&config, text, name, method);
-        let o = trainer(&[
-            "swap".as_ref(),
-            "--run".as_ref(),
-            run.as_os_str(),
-            "--out".as_ref(),
-            png.as_os_str(),
-        ]);
+        let o = swap(&fit(&config, text, name, method));
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success() && stderr.contains(why), "{stderr}");
     }
