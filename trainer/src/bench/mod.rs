@@ -169,6 +169,36 @@ pub fn bench(
     Ok(summarize(plan, runs))
 }
 
+/// `value` of the `runs` at `level`: the fold average per seed, then the
+/// mean and std over `seeds`; `None` when no run has a value.
+fn over_seeds(
+    runs: &[&Evaluation],
+    level: &str,
+    seeds: &[u64],
+    value: impl Fn(&Evaluation) -> Option<f64>,
+) -> Option<(f64, f64)> {
+    let per_seed: Vec<f64> = seeds
+        .iter()
+        .filter_map(|&s| {
+            let v: Vec<f64> = runs
+                .iter()
+                .filter(|e| e.level == level && e.seed == s)
+                .filter_map(|e| value(e))
+                .collect();
+            mean_std(&v).map(|x| x.0)
+        })
+        .collect();
+    mean_std(&per_seed)
+}
+
+/// The evaluations of the runs of `variant`.
+fn of_variant<'a>(runs: &'a [BenchRun], variant: &str) -> Vec<&'a Evaluation> {
+    runs.iter()
+        .filter(|r| r.variant == variant)
+        .map(|r| &r.evaluation)
+        .collect()
+}
+
 fn summarize(plan: &BenchPlan, runs: Vec<BenchRun>) -> BenchResult {
     let levels: Vec<String> = plan
         .levels
@@ -178,11 +208,7 @@ fn summarize(plan: &BenchPlan, runs: Vec<BenchRun>) -> BenchResult {
     let mut rows = Vec::new();
     for method in &plan.methods {
         let variant = method.to_string();
-        let of_method: Vec<&Evaluation> = runs
-            .iter()
-            .filter(|r| r.variant == variant)
-            .map(|r| &r.evaluation)
-            .collect();
+        let of_method = of_variant(&runs, &variant);
         for adabn in [false, true] {
             let pick = |e: &Evaluation| {
                 if adabn {
@@ -195,20 +221,7 @@ fn summarize(plan: &BenchPlan, runs: Vec<BenchRun>) -> BenchResult {
                 continue;
             }
             let stat = |level: &str, f: &dyn Fn(&eval::ModeMetrics) -> f64| {
-                // Fold average per seed, then mean and std over seeds.
-                let per_seed: Vec<f64> = plan
-                    .seeds
-                    .iter()
-                    .filter_map(|&s| {
-                        let v: Vec<f64> = of_method
-                            .iter()
-                            .filter(|e| e.level == level && e.seed == s)
-                            .filter_map(|e| pick(e).map(|m| f(&m)))
-                            .collect();
-                        mean_std(&v).map(|x| x.0)
-                    })
-                    .collect();
-                mean_std(&per_seed)
+                over_seeds(&of_method, level, &plan.seeds, |e| pick(e).map(|m| f(&m)))
             };
             rows.push(Row {
                 name: format!("{}{}", method.title(), if adabn { "+AdaBN" } else { "" }),

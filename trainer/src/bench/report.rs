@@ -5,8 +5,12 @@ use std::path::Path;
 
 use bfx_config::TrainerConfig;
 
-use super::{BenchPlan, BenchResult};
-use crate::linear::mean_std;
+use super::{BenchPlan, BenchResult, of_variant, over_seeds};
+
+/// `mean ± std`, or a dash where nothing was measured.
+fn cell(v: &Option<(f64, f64)>) -> String {
+    v.map_or("–".to_owned(), |(m, s)| format!("{m:.3} ± {s:.3}"))
+}
 
 fn level_title(level: &str) -> &'static str {
     match level {
@@ -76,8 +80,6 @@ pub fn write_results(
         header.join(" | "),
         "---|".repeat(header.len())
     );
-    let cell =
-        |v: &Option<(f64, f64)>| v.map_or("–".to_owned(), |(m, s)| format!("{m:.3} ± {s:.3}"));
     for r in &result.rows {
         let cells: Vec<String> = r.f1.iter().map(cell).collect();
         let _ = writeln!(md, "| {} | {} |", r.name, cells.join(" | "));
@@ -151,29 +153,10 @@ fn probe_table(md: &mut String, result: &BenchResult, plan: &BenchPlan) {
     ];
     let mut lines = Vec::new();
     for method in &plan.methods {
-        let variant = method.to_string();
+        let runs = of_variant(&result.runs, &method.to_string());
         let cells: Vec<String> = columns
             .iter()
-            .map(|(_, pick)| {
-                let per_seed: Vec<f64> = plan
-                    .seeds
-                    .iter()
-                    .filter_map(|&s| {
-                        let v: Vec<f64> = result
-                            .runs
-                            .iter()
-                            .filter(|r| {
-                                r.variant == variant
-                                    && r.evaluation.level == *level
-                                    && r.evaluation.seed == s
-                            })
-                            .filter_map(|r| pick(&r.evaluation))
-                            .collect();
-                        mean_std(&v).map(|x| x.0)
-                    })
-                    .collect();
-                mean_std(&per_seed).map_or("–".to_owned(), |(m, s)| format!("{m:.3} ± {s:.3}"))
-            })
+            .map(|(_, pick)| cell(&over_seeds(&runs, level, &plan.seeds, pick)))
             .collect();
         lines.push(format!("| {} | {} |", method.title(), cells.join(" | ")));
     }

@@ -148,14 +148,25 @@ impl Scbd {
         }
     }
 
+    /// `(z_c, z_e)` of images `x`, each encoder with its own `pass`.
+    fn embeddings(
+        &self,
+        model: &Classifier,
+        x: &Tensor,
+        pass: fn() -> NormPass,
+    ) -> Result<(Tensor, Tensor)> {
+        let z_c = model.embed(&model.features_with(x, &mut pass(), &mut |_, t| Ok(t))?)?;
+        let z_e = self
+            .env_embed
+            .forward(&self.env_encoder.forward(x, &mut pass())?)?;
+        Ok((z_c, z_e))
+    }
+
     fn losses(&self, model: &Classifier, batch: &Batch, pass: fn() -> NormPass) -> Result<Losses> {
         let tau = self.params.temperature;
         let y = batch.y.to_vec1::<u32>()?;
         let e = batch.env.to_vec1::<u32>()?;
-        let z_c = model.embed(&model.features_with(&batch.x, &mut pass(), &mut |_, t| Ok(t))?)?;
-        let z_e = self
-            .env_embed
-            .forward(&self.env_encoder.forward(&batch.x, &mut pass())?)?;
+        let (z_c, z_e) = self.embeddings(model, &batch.x, pass)?;
         let class = supcon(&z_c, &y, tau)?;
         let env = supcon(&z_e, &self.env_labels(&y, &e), tau)?;
         let invariance = invariance(&z_c, &e, tau)?;
