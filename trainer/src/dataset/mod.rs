@@ -13,7 +13,7 @@ use thiserror::Error;
 
 pub use cache::{Images, cache_path, load_images};
 pub use manifest::{EnvLevel, Manifest, ManifestError, SiteRow};
-pub use sampler::{PairSampler, Sampler, SamplerError, SamplerKind};
+pub use sampler::{Sampler, SamplerError, SamplerKind};
 pub use scan::{PlateMap, ScanReport, scan_acquisition};
 pub use split::{Split, SplitError, SplitLevel};
 

@@ -27,6 +27,9 @@ pub enum SamplerKind {
     /// Each batch: one environment (plate), chosen in proportion to its
     /// size, then items of it without replacement.
     PlateConsistent,
+    /// IST's pairs: `batch` content items balanced over classes, then
+    /// `batch` style items balanced over environments, drawn independently.
+    ContentStyle,
     /// Each batch: `classes` distinct classes drawn in proportion to their
     /// frequency, `per_class` items of each.
     YGrouped {
@@ -141,6 +144,11 @@ impl Sampler {
             SamplerKind::Uniform => self.uniform(),
             SamplerKind::ClassBalanced => balanced(&self.by_class, self.batch, &mut self.rng),
             SamplerKind::EnvBalanced => balanced(&self.by_env, self.batch, &mut self.rng),
+            SamplerKind::ContentStyle => {
+                let mut both = balanced(&self.by_class, self.batch, &mut self.rng);
+                both.extend(balanced(&self.by_env, self.batch, &mut self.rng));
+                both
+            }
             SamplerKind::PlateConsistent => {
                 let sizes: Vec<usize> = self.by_env.iter().map(Vec::len).collect();
                 let plate = weighted_index(&sizes, &mut self.rng);
@@ -207,39 +215,6 @@ fn distinct(group: &[usize], n: usize, rng: &mut impl Rng) -> Vec<usize> {
         out.extend(group.choose_multiple(rng, take).copied());
     }
     out
-}
-
-/// IST training pairs: content items balanced over classes and style
-/// items balanced over environments, drawn independently of each other.
-pub struct PairSampler {
-    content: Sampler,
-    style: Sampler,
-}
-
-impl PairSampler {
-    /// Pairs over items with `classes` and `envs`; two independent streams from `seed`.
-    pub fn new(
-        classes: &[usize],
-        envs: &[usize],
-        batch: usize,
-        seed: u64,
-    ) -> Result<PairSampler, SamplerError> {
-        Ok(PairSampler {
-            content: Sampler::new(SamplerKind::ClassBalanced, classes, envs, batch, seed)?,
-            style: Sampler::new(
-                SamplerKind::EnvBalanced,
-                classes,
-                envs,
-                batch,
-                seed ^ 0x9E37_79B9_7F4A_7C15,
-            )?,
-        })
-    }
-
-    /// The next `(content, style)` index lists, of equal length.
-    pub fn next_pairs(&mut self) -> (Vec<usize>, Vec<usize>) {
-        (self.content.next_batch(), self.style.next_batch())
-    }
 }
 
 #[cfg(test)]
@@ -356,12 +331,13 @@ mod tests {
         // Perfect confounding in the data: class c lives only in environment c.
         let classes: Vec<usize> = (0..120).map(|i| i % 3).collect();
         let envs = classes.clone();
-        let mut s = PairSampler::new(&classes, &envs, 32, 5).unwrap();
+        let mut s = Sampler::new(SamplerKind::ContentStyle, &classes, &envs, 32, 5).unwrap();
         let mut table = [[0usize; 3]; 3];
         for _ in 0..400 {
-            let (content, style) = s.next_pairs();
-            assert_eq!(content.len(), style.len());
-            for (c, st) in content.iter().zip(&style) {
+            let both = s.next_batch();
+            assert_eq!(both.len(), 64);
+            let (content, style) = both.split_at(32);
+            for (c, st) in content.iter().zip(style) {
                 table[classes[*c]][envs[*st]] += 1;
             }
         }

@@ -219,7 +219,9 @@ pub fn fit(
             batches::augmentation(&mut augment_rng, h, w);
         }
     }
-    progress.set_length(config.optim.steps as u64);
+    let pretraining = method.pretraining_steps();
+    let total = pretraining + config.optim.steps;
+    progress.set_length(total as u64);
     progress.set_position(meta.step as u64);
     let eval_every = (config.optim.steps / 10).max(1);
     let mut best = meta
@@ -229,7 +231,7 @@ pub fn fit(
         .fold(f32::INFINITY, f32::min);
     let (mut loss_sum, mut loss_n) = (0.0f32, 0usize);
     let mut interrupted = false;
-    while meta.step < config.optim.steps {
+    while meta.step < total {
         if interrupt.load(Ordering::Relaxed) {
             interrupted = true;
             break;
@@ -250,7 +252,8 @@ pub fn fit(
                 .collect::<Vec<_>>()
                 .join("  "),
         );
-        if meta.step.is_multiple_of(eval_every) || meta.step == config.optim.steps {
+        let trained = meta.step.saturating_sub(pretraining);
+        if meta.step > pretraining && (trained.is_multiple_of(eval_every) || meta.step == total) {
             if method.fits_probe_head() {
                 probe::fit_head(&model, &map, &run.images, train, device)?;
             }

@@ -8,39 +8,12 @@
 //! channels), then a 3x3 convolution to the image channels.
 
 use candle_core::{Result, Tensor};
-use candle_nn::{Init, Linear, Module, VarBuilder, linear};
+use candle_nn::{Linear, Module, VarBuilder, linear};
 
-use crate::nn::ops::{self, Conv, ConvConfig};
+use crate::nn::ops::{self, ConvBias};
 
 /// Sides of the decoded image must be multiples of this (three 2x upsamplings).
 pub const SIDE_MULTIPLE: usize = 8;
-
-/// A 3x3 convolution with bias.
-#[derive(Clone, Debug)]
-struct ConvBias {
-    conv: Conv,
-    bias: Tensor,
-}
-
-impl ConvBias {
-    fn new(cin: usize, cout: usize, vb: VarBuilder) -> Result<ConvBias> {
-        let cfg = ConvConfig {
-            padding: 1,
-            ..ConvConfig::default()
-        };
-        Ok(ConvBias {
-            conv: Conv::no_bias(cin, cout, 3, cfg, vb.clone())?,
-            bias: vb.get_with_hints(cout, "bias", Init::Const(0.0))?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let c = self.bias.dims1()?;
-        self.conv
-            .forward(x)?
-            .broadcast_add(&self.bias.reshape((1, c, 1, 1))?)
-    }
-}
 
 /// Embedding -> image.
 #[derive(Clone, Debug)]

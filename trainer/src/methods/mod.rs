@@ -7,6 +7,7 @@ pub mod contrastive;
 mod dann;
 pub mod decoder;
 mod erm;
+pub mod ist;
 pub mod layers;
 mod mixstyle;
 pub mod scbd;
@@ -64,6 +65,12 @@ pub trait Method {
         opt: &mut AdamW,
         step: usize,
     ) -> Result<Terms>;
+    /// Steps the method trains its own networks before the classifier
+    /// (IST's encoder and generator); the run lasts this many steps plus
+    /// `trainer.optim.steps`, and validates only during the latter.
+    fn pretraining_steps(&self) -> usize {
+        0
+    }
     /// Whether the class head is not trained by the method but fitted as
     /// a linear probe on the training embeddings at every validation.
     fn fits_probe_head(&self) -> bool {
@@ -105,7 +112,7 @@ pub enum MethodError {
 }
 
 /// Registered method names.
-pub const METHODS: [&str; 5] = ["erm", "abra", "dann", "mixstyle", "scbd"];
+pub const METHODS: [&str; 6] = ["erm", "abra", "dann", "mixstyle", "scbd", "ist"];
 
 /// The embedding head method `name` trains (SCBD embeds on the unit sphere).
 pub fn embed_head(name: &str) -> EmbedHead {
@@ -127,6 +134,7 @@ pub fn build(
         "dann" => Box::new(dann::Dann::new(parse(params)?, ctx)?),
         "mixstyle" => Box::new(mixstyle::MixStyle::new(parse(params)?, ctx)),
         "scbd" => Box::new(scbd::Scbd::new(parse(params)?, ctx)?),
+        "ist" => Box::new(ist::Ist::new(parse(params)?, ctx)?),
         other => {
             return Err(MethodError::Unknown {
                 name: other.to_owned(),

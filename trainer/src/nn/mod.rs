@@ -5,10 +5,11 @@
 
 #[cfg(test)]
 pub mod gradcheck;
+pub mod ist;
 pub mod norm;
 pub mod ops;
 pub mod pool;
 pub mod resnet;
 
 pub use norm::{BatchNorm, BnMode, LayerStats, Norm, NormPass};
-pub use resnet::{ResNet, ResNetSpec};
+pub use resnet::{EncoderMaps, ResNet, ResNetSpec};

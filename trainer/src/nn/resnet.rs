@@ -70,6 +70,48 @@ impl BasicBlock {
     }
 }
 
+/// The encoder's intermediate maps (see [`ResNet::forward_maps`]).
+pub struct EncoderMaps {
+    /// Stem convolution output, before its norm.
+    pub stem_conv: Tensor,
+    /// Stem activation, before the pool.
+    pub stem: Tensor,
+    /// Each stage's output, stage 0 first.
+    pub stages: Vec<Tensor>,
+    /// Spatial mean of the last stage.
+    pub pooled: Tensor,
+}
+
+impl EncoderMaps {
+    /// The map `map` names.
+    pub fn get(&self, map: bfx_core::ist::FeatureMap) -> &Tensor {
+        match map {
+            bfx_core::ist::FeatureMap::StemConv => &self.stem_conv,
+            bfx_core::ist::FeatureMap::Stem => &self.stem,
+            // The spec names stages 0..4 only, the four every ResNet has.
+            bfx_core::ist::FeatureMap::Stage(i) => &self.stages[i],
+        }
+    }
+
+    /// Every map detached from the graph (a frozen encoder's constants).
+    pub fn detach(&self) -> EncoderMaps {
+        EncoderMaps {
+            stem_conv: self.stem_conv.detach(),
+            stem: self.stem.detach(),
+            stages: self.stages.iter().map(Tensor::detach).collect(),
+            pooled: self.pooled.detach(),
+        }
+    }
+
+    /// The maps the style and feature losses compare: the stem
+    /// convolution's and every stage's.
+    pub fn compared(&self) -> Vec<Tensor> {
+        std::iter::once(self.stem_conv.clone())
+            .chain(self.stages.iter().cloned())
+            .collect()
+    }
+}
+
 /// The encoder.
 #[derive(Clone, Debug)]
 pub struct ResNet {
@@ -117,6 +159,28 @@ impl ResNet {
             h = hook(i, h)?;
         }
         super::pool::global_avg_pool(&h)
+    }
+
+    /// Every map IST's generator reads: the stem convolution's output
+    /// (before its norm), the stem's activation (before the pool), each
+    /// stage's output; and the pooled features.
+    pub fn forward_maps(&self, x: &Tensor, pass: &mut NormPass) -> Result<EncoderMaps> {
+        let stem_conv = x.apply(&self.stem)?;
+        let stem = relu(&self.stem_norm.forward(&stem_conv, pass)?)?;
+        let mut h = super::pool::max_pool_2x2(&stem)?;
+        let mut stages = Vec::with_capacity(self.stages.len());
+        for stage in &self.stages {
+            for block in stage {
+                h = block.forward(&h, pass)?;
+            }
+            stages.push(h.clone());
+        }
+        Ok(EncoderMaps {
+            pooled: super::pool::global_avg_pool(&h)?,
+            stem_conv,
+            stem,
+            stages,
+        })
     }
 
     /// Pooled features without hooks.

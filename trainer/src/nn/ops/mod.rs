@@ -140,3 +140,33 @@ impl candle_nn::Module for Conv {
         conv2d(x, &self.weight, self.cfg)
     }
 }
+
+/// A 3x3 convolution with bias and padding 1 (variables `weight`, `bias`).
+#[derive(Clone, Debug)]
+pub struct ConvBias {
+    conv: Conv,
+    bias: Tensor,
+}
+
+impl ConvBias {
+    /// From `cin` to `cout` channels under `vb`.
+    pub fn new(cin: usize, cout: usize, vb: candle_nn::VarBuilder) -> Result<ConvBias> {
+        let cfg = ConvConfig {
+            padding: 1,
+            ..ConvConfig::default()
+        };
+        Ok(ConvBias {
+            conv: Conv::no_bias(cin, cout, 3, cfg, vb.clone())?,
+            bias: vb.get_with_hints(cout, "bias", candle_nn::Init::Const(0.0))?,
+        })
+    }
+}
+
+impl candle_nn::Module for ConvBias {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let c = self.bias.dims1()?;
+        self.conv
+            .forward(x)?
+            .broadcast_add(&self.bias.reshape((1, c, 1, 1))?)
+    }
+}
