@@ -7,6 +7,7 @@ pub mod dataset;
 pub mod eval;
 pub mod export;
 pub mod fit;
+pub mod ist;
 pub mod linear;
 pub mod methods;
 pub mod model;

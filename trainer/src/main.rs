@@ -143,6 +143,24 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         zoom: usize,
     },
+    /// Check an IST run's generator: a PNG grid (rows: content images of
+    /// different classes, columns: one style image per training plate)
+    /// and, printed and written beside it as JSON, how much content the
+    /// restyled images keep and how far their plate moves.
+    IstGrid {
+        /// The run's output folder (trainer.out).
+        #[arg(long)]
+        run: PathBuf,
+        /// PNG to write (the numbers go to the same name with .json).
+        #[arg(long)]
+        out: PathBuf,
+        /// Content images (one per class, at most).
+        #[arg(long, default_value_t = 6)]
+        rows: usize,
+        /// Magnification of each field.
+        #[arg(long, default_value_t = 3)]
+        zoom: usize,
+    },
     /// Fit and evaluate methods x levels x folds x seeds from one base
     /// config and write one table (results.md, results.json,
     /// f1_by_level.png). Finished runs are reused: rerun to continue.
@@ -477,6 +495,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!(
                 "     rows give z_c, columns z_e: {}",
                 grid.images.join(", ")
+            );
+            Ok(())
+        }
+        Command::IstGrid {
+            run,
+            out,
+            rows,
+            zoom,
+        } => {
+            let device = training_device()?;
+            let check = bfx_trainer::ist::grid::ist_grid(&run, &out, rows, zoom.max(1), &device)
+                .with_context(|| format!("cannot check the generator of {}", run.display()))?;
+            let json = out.with_extension("json");
+            let text = serde_json::to_string_pretty(&check)?;
+            std::fs::write(&json, text + "\n")
+                .with_context(|| format!("cannot write {}", json.display()))?;
+            println!("wrote {} and {}", out.display(), json.display());
+            println!(
+                "content kept over {} restyled images: nucleus mask IoU {:.3} (unrelated images {:.3}), area change {:.3}, pixel correlation {:.3} (unrelated {:.3})",
+                check.images,
+                check.nucleus_iou,
+                check.nucleus_iou_unrelated,
+                check.nucleus_area_change,
+                check.pixel_correlation,
+                check.pixel_correlation_unrelated
+            );
+            println!(
+                "environment moved: the plate classifier (accuracy {:.3} on real images) assigns {:.3} to the style's plate, {:.3} to the content's",
+                check.plate_classifier_accuracy,
+                check.assigned_to_style_env,
+                check.assigned_to_content_env
             );
             Ok(())
         }

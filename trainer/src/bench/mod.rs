@@ -45,6 +45,9 @@ pub struct Row {
     pub variant: String,
     /// Whether the row is with AdaBN plate statistics.
     pub adabn: bool,
+    /// IST's test-time correction with this many styles per image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_time_styles: Option<usize>,
     /// Per level (in plan order): mean and std over seeds of the
     /// fold-averaged macro-F1, or `None` when not run.
     pub f1: Vec<Option<(f64, f64)>>,
@@ -209,24 +212,37 @@ fn summarize(plan: &BenchPlan, runs: Vec<BenchRun>) -> BenchResult {
     for method in &plan.methods {
         let variant = method.to_string();
         let of_method = of_variant(&runs, &variant);
-        for adabn in [false, true] {
-            let pick = |e: &Evaluation| {
-                if adabn {
-                    e.adabn.clone()
-                } else {
-                    Some(e.plain.clone())
-                }
-            };
-            if adabn && !of_method.iter().any(|e| e.adabn.is_some()) {
-                continue;
+        // Training statistics, AdaBN, then each K of IST's test-time correction.
+        let mut views: Vec<(String, bool, Option<usize>)> = vec![(method.title(), false, None)];
+        if of_method.iter().any(|e| e.adabn.is_some()) {
+            views.push((format!("{}+AdaBN", method.title()), true, None));
+        }
+        for k in eval::TEST_TIME_STYLES {
+            if of_method
+                .iter()
+                .any(|e| e.test_time.iter().any(|t| t.styles == k))
+            {
+                views.push((format!("{}+TTC (K={k})", method.title()), false, Some(k)));
             }
+        }
+        for (name, adabn, styles) in views {
+            let pick = |e: &Evaluation| match (adabn, styles) {
+                (true, _) => e.adabn.clone(),
+                (false, Some(k)) => e
+                    .test_time
+                    .iter()
+                    .find(|t| t.styles == k)
+                    .map(|t| t.metrics.clone()),
+                (false, None) => Some(e.plain.clone()),
+            };
             let stat = |level: &str, f: &dyn Fn(&eval::ModeMetrics) -> f64| {
                 over_seeds(&of_method, level, &plan.seeds, |e| pick(e).map(|m| f(&m)))
             };
             rows.push(Row {
-                name: format!("{}{}", method.title(), if adabn { "+AdaBN" } else { "" }),
+                name,
                 variant: variant.clone(),
                 adabn,
+                test_time_styles: styles,
                 f1: levels.iter().map(|l| stat(l, &|m| m.macro_f1)).collect(),
                 accuracy: levels.iter().map(|l| stat(l, &|m| m.accuracy)).collect(),
             });

@@ -90,6 +90,7 @@ impl MethodVariant {
             "dann" => "DANN",
             "mixstyle" => "MixStyle",
             "scbd" => "SCBD",
+            "ist" => "IST",
             other => other,
         };
         if self.params.is_empty() {

@@ -29,6 +29,10 @@ pub const CURVE_SIZES: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
 pub const KNN_K: usize = 10;
 /// LISI perplexity (Harmony's default).
 pub const LISI_PERPLEXITY: f64 = 30.0;
+/// Styles per image of IST's test-time correction, each a row of the results.
+pub const TEST_TIME_STYLES: [usize; 2] = [1, 8];
+/// Seed of the test-time styles.
+const TEST_TIME_SEED: u64 = 0x157;
 /// Training images added to the test images for embedding metrics, at most.
 const TRAIN_SAMPLE: usize = 400;
 
@@ -47,6 +51,15 @@ pub struct ModeMetrics {
     pub clisi: f64,
     /// Macro-F1 of predicting the plate from the embedding (lower: less batch information).
     pub plate_prediction_f1: f64,
+}
+
+/// IST's metrics with test-time correction by `styles` random training styles.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TestTime {
+    /// Styles averaged per image (K).
+    pub styles: usize,
+    /// The metrics.
+    pub metrics: ModeMetrics,
 }
 
 /// One point of the AdaBN curve.
@@ -81,6 +94,10 @@ pub struct Evaluation {
     pub adabn: Option<ModeMetrics>,
     /// Accuracy against inference batch size (BatchNorm models only).
     pub adabn_curve: Vec<CurvePoint>,
+    /// IST runs: the metrics with test-time correction, one entry per K
+    /// of [`TEST_TIME_STYLES`].
+    #[serde(default)]
+    pub test_time: Vec<TestTime>,
     /// Batch-effect sensitivity of the embedding (training statistics)
     /// over every image of the screen; `None` with a single plate.
     #[serde(default)]
@@ -141,13 +158,12 @@ pub fn evaluate(
     let both = concat(&test, &train_sample);
     let is_bn = !meta.model.encoder.instance_norm;
 
-    let mode = |adapt: Adapt<'_>| -> Result<(ModeMetrics, Embedded), FitError> {
-        let e = embed(&model, &run.images, &both, adapt, device)?;
+    let score = |e: Embedded| -> (ModeMetrics, Embedded) {
         let n = test.images.len();
         let truth = &test.classes;
         let predicted = &e.predicted[..n];
         let queries: Vec<usize> = (0..n).collect();
-        Ok((
+        (
             ModeMetrics {
                 accuracy: accuracy(truth, predicted),
                 macro_f1: macro_f1(truth, predicted),
@@ -164,9 +180,34 @@ pub fn evaluate(
                     .map_or(0.0, |p| p.macro_f1),
             },
             e,
-        ))
+        )
+    };
+    let mode = |adapt: Adapt<'_>| -> Result<(ModeMetrics, Embedded), FitError> {
+        Ok(score(embed(&model, &run.images, &both, adapt, device)?))
     };
     let (plain, embedded) = mode(Adapt::None)?;
+    let mut test_time = Vec::new();
+    if meta.config.method.name == "ist" {
+        let ist = crate::ist::load(dir, BEST, device)?;
+        let plates = &run.parts.plates[..run.parts.train_plates];
+        let bank = crate::ist::style_bank(&ist.net, &run.images, &run.parts.train, plates, device)?;
+        for styles in TEST_TIME_STYLES {
+            let e = crate::ist::embed_corrected(
+                &ist.model,
+                &ist.net,
+                &bank,
+                &run.images,
+                &both,
+                styles,
+                TEST_TIME_SEED,
+                device,
+            )?;
+            test_time.push(TestTime {
+                styles,
+                metrics: score(e).0,
+            });
+        }
+    }
     let mut adabn = None;
     let mut curve = Vec::new();
     if is_bn {
@@ -197,6 +238,7 @@ pub fn evaluate(
         plain,
         adabn,
         adabn_curve: curve,
+        test_time,
         batch_sensitivity,
         relationships,
     };

@@ -64,6 +64,10 @@ fn markdown(e: &Evaluation) -> String {
     if let Some(a) = &e.adabn {
         row(&mut md, "AdaBN, plate statistics", a);
     }
+    for t in &e.test_time {
+        let name = format!("IST test-time correction, K = {}", t.styles);
+        row(&mut md, &name, &t.metrics);
+    }
     let _ = writeln!(
         md,
         "\nEmbedding metrics use the test images plus a sample of training images, so several plates are present.\n"
