@@ -46,8 +46,30 @@ pub fn var_name(layer: &str) -> String {
     format!("{layer}.var")
 }
 
-struct Emitter<'a> {
-    g: GraphBuilder,
+/// Graph values of an encoder's maps (as the trainer's `EncoderMaps`).
+pub(crate) struct EncoderValues {
+    /// The stem convolution's output, before its norm.
+    pub(crate) stem_conv: String,
+    /// The stem's activation, before the pool.
+    pub(crate) stem: String,
+    /// Each stage's output, stage 0 first.
+    pub(crate) stages: Vec<String>,
+}
+
+impl EncoderValues {
+    /// The value of `map`, if the encoder has it.
+    pub(crate) fn get(&self, map: bfx_core::ist::FeatureMap) -> Option<&String> {
+        match map {
+            bfx_core::ist::FeatureMap::StemConv => Some(&self.stem_conv),
+            bfx_core::ist::FeatureMap::Stem => Some(&self.stem),
+            bfx_core::ist::FeatureMap::Stage(i) => self.stages.get(i),
+        }
+    }
+}
+
+/// Emits layers from checkpoint weights into one graph.
+pub(crate) struct Emitter<'a> {
+    pub(crate) g: GraphBuilder,
     weights: &'a Weights,
     variant: Variant,
     instance_norm: bool,
@@ -78,19 +100,16 @@ pub fn emit(
             "a {height}x{width} input is too small for this encoder"
         )));
     }
-    let mut e = Emitter {
-        g: GraphBuilder::new(match variant {
+    let mut e = Emitter::new(
+        match variant {
             Variant::Predictor => "predictor",
             Variant::Stats => "predictor_stats",
             Variant::Plate => "predictor_plate",
-        }),
+        },
         weights,
         variant,
-        instance_norm: enc.instance_norm,
-        eps: None,
-        flat: None,
-        channels: None,
-    };
+        enc.instance_norm,
+    );
     let image = e.g.input(
         IMAGE,
         &[
@@ -100,34 +119,12 @@ pub fn emit(
             Dim::Fixed(width),
         ],
     );
-    let p = format!("{MODEL_PREFIX}.encoder");
-    let h = e.conv(&image, &format!("{p}.stem.conv"), 2)?;
-    let h = e.norm(&h, &format!("{p}.stem.norm"), enc.width)?;
-    let h = e.g.node("Relu", &[&h], &[]);
-    let mut h = e.g.node(
-        "MaxPool",
-        &[&h],
-        &[
-            Attr::Ints("kernel_shape", vec![2, 2]),
-            Attr::Ints("strides", vec![2, 2]),
-        ],
-    );
-    for b in enc.block_shapes() {
-        let n = format!("{p}.{}", b.name);
-        let y = e.conv(&h, &format!("{n}.conv1"), b.stride)?;
-        let y = e.norm(&y, &format!("{n}.norm1"), b.cout)?;
-        let y = e.g.node("Relu", &[&y], &[]);
-        let y = e.conv(&y, &format!("{n}.conv2"), 1)?;
-        let y = e.norm(&y, &format!("{n}.norm2"), b.cout)?;
-        let skip = if b.projected {
-            let s = e.conv(&h, &format!("{n}.down.conv"), b.stride)?;
-            e.norm(&s, &format!("{n}.down.norm"), b.cout)?
-        } else {
-            h.clone()
-        };
-        let y = e.g.node("Add", &[&y, &skip], &[]);
-        h = e.g.node("Relu", &[&y], &[]);
-    }
+    let maps = e.encoder(&image, enc, &format!("{MODEL_PREFIX}.encoder"))?;
+    let h = maps
+        .stages
+        .last()
+        .cloned()
+        .ok_or_else(|| ExportError::Spec("the encoder has no blocks".into()))?;
     let pooled = e.g.node(
         "ReduceMean",
         &[&h],
@@ -148,20 +145,91 @@ pub fn emit(
     Ok(e.g.finish())
 }
 
-impl Emitter<'_> {
+impl<'a> Emitter<'a> {
+    /// An emitter of a graph called `name`.
+    pub(crate) fn new(
+        name: &str,
+        weights: &'a Weights,
+        variant: Variant,
+        instance_norm: bool,
+    ) -> Emitter<'a> {
+        Emitter {
+            g: GraphBuilder::new(name),
+            weights,
+            variant,
+            instance_norm,
+            eps: None,
+            flat: None,
+            channels: None,
+        }
+    }
+
+    /// The ResNet `enc` with weights under `prefix` on `image`.
+    pub(crate) fn encoder(
+        &mut self,
+        image: &str,
+        enc: &bfx_core::arch::ResNetSpec,
+        prefix: &str,
+    ) -> Result<EncoderValues, ExportError> {
+        let p = prefix;
+        let e = self;
+        let stem_conv = e.conv(image, &format!("{p}.stem.conv"), 2)?;
+        let h = e.norm(&stem_conv, &format!("{p}.stem.norm"), enc.width)?;
+        let stem = e.g.node("Relu", &[&h], &[]);
+        let mut h = e.g.node(
+            "MaxPool",
+            &[&stem],
+            &[
+                Attr::Ints("kernel_shape", vec![2, 2]),
+                Attr::Ints("strides", vec![2, 2]),
+            ],
+        );
+        let blocks = enc.block_shapes();
+        let mut stages = Vec::new();
+        for (i, b) in blocks.iter().enumerate() {
+            let n = format!("{p}.{}", b.name);
+            let y = e.conv(&h, &format!("{n}.conv1"), b.stride)?;
+            let y = e.norm(&y, &format!("{n}.norm1"), b.cout)?;
+            let y = e.g.node("Relu", &[&y], &[]);
+            let y = e.conv(&y, &format!("{n}.conv2"), 1)?;
+            let y = e.norm(&y, &format!("{n}.norm2"), b.cout)?;
+            let skip = if b.projected {
+                let s = e.conv(&h, &format!("{n}.down.conv"), b.stride)?;
+                e.norm(&s, &format!("{n}.down.norm"), b.cout)?
+            } else {
+                h.clone()
+            };
+            let y = e.g.node("Add", &[&y, &skip], &[]);
+            h = e.g.node("Relu", &[&y], &[]);
+            if blocks.get(i + 1).is_none_or(|next| next.stage != b.stage) {
+                stages.push(h.clone());
+            }
+        }
+        Ok(EncoderValues {
+            stem_conv,
+            stem,
+            stages,
+        })
+    }
+
     fn init(&mut self, name: &str) -> Result<String, ExportError> {
         let (shape, data) = self.weights.get(name)?;
         Ok(self.g.initializer(name, shape, data))
     }
 
     /// A per-channel vector as a `[1, c, 1, 1]` initializer, for broadcasting.
-    fn init_channels(&mut self, name: &str) -> Result<String, ExportError> {
+    pub(crate) fn init_channels(&mut self, name: &str) -> Result<String, ExportError> {
         let (shape, data) = self.weights.get(name)?;
         Ok(self.g.initializer(name, &[1, shape[0], 1, 1], data))
     }
 
     /// Convolution without bias; padding k/2 as the trainer's.
-    fn conv(&mut self, x: &str, name: &str, stride: usize) -> Result<String, ExportError> {
+    pub(crate) fn conv(
+        &mut self,
+        x: &str,
+        name: &str,
+        stride: usize,
+    ) -> Result<String, ExportError> {
         let weight = format!("{name}.weight");
         let k = self.weights.get(&weight)?.0[2] as i64;
         let w = self.init(&weight)?;
@@ -307,7 +375,7 @@ impl Emitter<'_> {
     }
 
     /// The shared epsilon constant, created on first use.
-    fn eps(&mut self) -> String {
+    pub(crate) fn eps(&mut self) -> String {
         let g = &mut self.g;
         self.eps
             .get_or_insert_with(|| g.initializer("norm_eps", &[], &[NORM_EPS as f32]))
@@ -315,7 +383,7 @@ impl Emitter<'_> {
     }
 
     /// The shared `[1, -1, 1, 1]` shape constant, created on first use.
-    fn channel_shape(&mut self) -> String {
+    pub(crate) fn channel_shape(&mut self) -> String {
         let g = &mut self.g;
         self.channels
             .get_or_insert_with(|| g.initializer_i64("channel_shape", &[1, -1, 1, 1]))

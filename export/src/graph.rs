@@ -37,6 +37,8 @@ pub enum Attr {
     Ints(&'static str, Vec<i64>),
     /// One float.
     Float(&'static str, f32),
+    /// A string attribute.
+    Str(&'static str, &'static str),
 }
 
 impl Attr {
@@ -57,6 +59,11 @@ impl Attr {
                 a.name = Some(name.to_string());
                 a.r#type = Some(AttributeType::Float as i32);
                 a.f = Some(*v);
+            }
+            Attr::Str(name, v) => {
+                a.name = Some(name.to_string());
+                a.r#type = Some(AttributeType::String as i32);
+                a.s = Some(v.as_bytes().to_vec());
             }
         }
         a

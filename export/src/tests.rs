@@ -47,6 +47,7 @@ fn request(spec: &ModelSpec) -> ClassifierExport {
         class_names: vec!["a".into(), "b".into(), "c".into()],
         provenance: Provenance::default(),
         metrics: BTreeMap::new(),
+        ist: None,
     }
 }
 

@@ -20,8 +20,22 @@ pub const PREDICTOR: &str = "predictor.onnx";
 pub const PREDICTOR_STATS: &str = "predictor_stats.onnx";
 /// File name of the AdaBN plate-statistics graph.
 pub const PREDICTOR_PLATE: &str = "predictor_plate.onnx";
+/// File name of IST's generator graph.
+pub const IST_GENERATOR: &str = "ist_generator.onnx";
+/// File name of IST's style bank.
+pub const STYLE_BANK: &str = "style_bank.safetensors";
 
-/// Everything a classifier bundle (ERM, ABRA, DANN, MixStyle) is made of.
+/// What an IST bundle adds: the generator (its weights are in the
+/// export's weights) and the style bank.
+#[derive(Clone, Debug)]
+pub struct IstExport {
+    /// The encoder and generator layout.
+    pub spec: bfx_core::ist::IstSpec,
+    /// Style codes of training images.
+    pub bank: bfx_core::style_bank::StyleBank,
+}
+
+/// Everything a classifier bundle is made of.
 #[derive(Clone, Debug)]
 pub struct ClassifierExport {
     /// Method that trained it.
@@ -38,6 +52,8 @@ pub struct ClassifierExport {
     pub provenance: Provenance,
     /// Headline evaluation metrics.
     pub metrics: BTreeMap<String, f64>,
+    /// IST's generator and style bank (IST runs).
+    pub ist: Option<IstExport>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
@@ -47,8 +63,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
     }
 }
 
-/// Write the bundle of `export` to `out`: `predictor.onnx`, and for
-/// BatchNorm models the AdaBN pair. An existing `out` is refused unless
+/// Write the bundle of `export` to `out`: `predictor.onnx`, for
+/// BatchNorm models the AdaBN pair, for IST the generator and style bank. An existing `out` is refused unless
 /// `replace`. Returns the bundle as the daemon will open it.
 pub fn write_classifier_bundle(
     export: &ClassifierExport,
@@ -102,6 +118,25 @@ pub fn write_classifier_bundle(
             let model = classifier::emit(spec, &export.weights, h, w, variant)?;
             let path = staging.join(file);
             std::fs::write(&path, model.encode_to_vec()).map_err(io(&path))?;
+        }
+        if let Some(ist) = &export.ist {
+            if ist.bank.dim != ist.spec.style_dim() {
+                return Err(ExportError::Spec(format!(
+                    "style codes of {} values for a generator taking {}",
+                    ist.bank.dim,
+                    ist.spec.style_dim()
+                )));
+            }
+            let model = crate::generator::emit(&ist.spec, &export.weights, h, w)?;
+            let path = staging.join(IST_GENERATOR);
+            std::fs::write(&path, model.encode_to_vec()).map_err(io(&path))?;
+            let bank = staging.join(STYLE_BANK);
+            ist.bank
+                .write(&bank)
+                .map_err(|e| ExportError::Spec(e.to_string()))?;
+            graphs.ist_generator = Some(IST_GENERATOR.into());
+            graphs.style_bank = Some(STYLE_BANK.into());
+            modes.push(CorrectionMode::Ist);
         }
         let mut manifest = BundleManifest {
             format_version: bfx_core::bundle::BUNDLE_FORMAT_VERSION,

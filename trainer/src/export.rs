@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use bfx_core::bundle::{Bundle, Provenance};
 use bfx_core::preprocess::Normalization;
 use bfx_export::weights::Weights;
-use bfx_export::{ClassifierExport, ExportError, write_classifier_bundle};
+use bfx_export::{ClassifierExport, ExportError, IstExport, write_classifier_bundle};
 use thiserror::Error;
 
 use crate::eval::Evaluation;
@@ -102,8 +102,30 @@ pub fn export(arg: &Path, out: &Path, replace: bool) -> Result<Bundle, ExportRun
         class_names: meta.classes.clone(),
         provenance: provenance(&meta),
         metrics: headline_metrics(&dir),
+        ist: ist_export(&dir, &name, &meta)?,
     };
     Ok(write_classifier_bundle(&request, out, replace)?)
+}
+
+/// IST's generator spec and style bank for an IST run (which reads the
+/// run's training images for the bank); `None` for other methods.
+fn ist_export(
+    dir: &Path,
+    name: &str,
+    meta: &CheckpointMeta,
+) -> Result<Option<IstExport>, FitError> {
+    if meta.config.method.name != "ist" {
+        return Ok(None);
+    }
+    let device = candle_core::Device::Cpu;
+    let ist = crate::ist::load(dir, name, &device)?;
+    let run = crate::fit::load_data(&meta.config, &indicatif::ProgressBar::hidden())?;
+    let plates = &run.parts.plates[..run.parts.train_plates];
+    let bank = crate::ist::style_bank(&ist.net, &run.images, &run.parts.train, plates, &device)?;
+    Ok(Some(IstExport {
+        spec: crate::nn::ist::spec_for(&meta.model.encoder, meta.model.classes, meta.train_plates),
+        bank,
+    }))
 }
 
 /// A human-readable description of a verified bundle.
