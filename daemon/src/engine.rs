@@ -3,12 +3,15 @@
 //! statistics from a sample, then any number of sites with them).
 //!
 //! A site is one image, or several tiles; its embedding is the mean of
-//! its tiles' embeddings.
+//! its tiles' embeddings. With IST, each tile is first restyled into
+//! training environments by the bundle's generator, and the mean runs
+//! over tiles and styles.
 
 use std::path::Path;
 
 use bfx_config::daemon::{ExecutionProvider, InferenceConfig};
 use bfx_core::bundle::Bundle;
+use bfx_core::style_bank::StyleBank;
 use ndarray::{Array2, Array4, Axis, concatenate};
 use ort::session::Session;
 use ort::value::{DynValue, Tensor};
@@ -33,6 +36,9 @@ pub enum EngineError {
     /// The bundle lacks what the configured mode needs.
     #[error("the bundle has no {0} graph")]
     Missing(&'static str),
+    /// The style bank is unreadable or does not fit the generator.
+    #[error("{0}")]
+    StyleBank(String),
 }
 
 fn run_error(e: impl std::fmt::Display) -> EngineError {
@@ -87,6 +93,8 @@ pub struct Engine {
     predictor: Session,
     stats: Option<Session>,
     plate: Option<Session>,
+    /// IST's generator and style bank.
+    ist: Option<(Session, StyleBank)>,
     /// The execution provider the sessions run on.
     pub provider: ExecutionProvider,
 }
@@ -151,11 +159,20 @@ impl Engine {
         };
         let stats = optional(&g.predictor_stats, &mut provider)?;
         let plate = optional(&g.predictor_plate, &mut provider)?;
+        let ist = match (optional(&g.ist_generator, &mut provider)?, &g.style_bank) {
+            (Some(generator), Some(bank)) => {
+                let bank = StyleBank::read(&path(bank))
+                    .map_err(|e| EngineError::StyleBank(e.to_string()))?;
+                Some((generator, bank))
+            }
+            _ => None,
+        };
         Ok(Engine {
             bundle,
             predictor,
             stats,
             plate,
+            ist,
             provider,
         })
     }
@@ -173,6 +190,57 @@ impl Engine {
             .run(vec![("image".to_string(), image_value(batch)?)])
             .map_err(run_error)?;
         site_means(&embedding(&outputs)?, &tiles)
+    }
+
+    /// IST test-time correction: each image of site `i` restyled with the
+    /// `styles` bank codes [`styles_for`] draws for `keys[i]`, the
+    /// predictor's embeddings averaged over the site's images and styles.
+    pub fn embed_ist(
+        &mut self,
+        sites: &[Array4<f32>],
+        keys: &[String],
+        styles: usize,
+    ) -> Result<Array2<f32>, EngineError> {
+        let (generator, bank) = self
+            .ist
+            .as_mut()
+            .ok_or(EngineError::Missing("ist_generator"))?;
+        let k = styles.max(1);
+        let mut images = Vec::new();
+        let mut codes = Vec::new();
+        let mut counts = Vec::with_capacity(sites.len());
+        for (site, key) in sites.iter().zip(keys) {
+            let picks = styles_for(key, k, bank.len());
+            for tile in site.outer_iter() {
+                for &p in &picks {
+                    images.push(tile.insert_axis(Axis(0)));
+                    codes.extend_from_slice(bank.code(p));
+                }
+            }
+            counts.push(site.dim().0 * k);
+        }
+        let batch = concatenate(Axis(0), &images).map_err(run_error)?;
+        let style = Tensor::from_array((vec![codes.len() / bank.dim, bank.dim], codes))
+            .map_err(run_error)?;
+        let restyled = {
+            let outputs = generator
+                .run(vec![
+                    ("image".to_string(), image_value(batch)?),
+                    ("style".to_string(), style.into_dyn()),
+                ])
+                .map_err(run_error)?;
+            let (shape, data) = outputs["restyled"]
+                .try_extract_tensor::<f32>()
+                .map_err(run_error)?;
+            let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+            Array4::from_shape_vec((dims[0], dims[1], dims[2], dims[3]), data.to_vec())
+                .map_err(run_error)?
+        };
+        let outputs = self
+            .predictor
+            .run(vec![("image".to_string(), image_value(restyled)?)])
+            .map_err(run_error)?;
+        site_means(&embedding(&outputs)?, &counts)
     }
 
     /// The BatchNorm statistics of `sites` taken together (AdaBN).
@@ -227,6 +295,24 @@ impl Engine {
         let outputs = session.run(inputs).map_err(run_error)?;
         site_means(&embedding(&outputs)?, &tiles)
     }
+}
+
+/// The `k` style-bank rows (of `bank`) site `key` is restyled with: a
+/// splitmix64 stream seeded by the key's sha256, so a site gets the same
+/// styles in every run and replay.
+pub fn styles_for(key: &str, k: usize, bank: usize) -> Vec<usize> {
+    let digest = bfx_core::bundle::hex_sha256(key.as_bytes());
+    // 16 hex digits are 64 bits; a sha256 hex string has 64 digits.
+    let mut state = u64::from_str_radix(&digest[..16], 16).expect("hex digits");
+    (0..k)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) % bank.max(1) as u64) as usize
+        })
+        .collect()
 }
 
 fn image_value(batch: Array4<f32>) -> Result<DynValue, EngineError> {

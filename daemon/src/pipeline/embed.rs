@@ -30,12 +30,14 @@ use crate::telemetry;
 
 /// What the stage needs to know.
 pub struct EmbedConfig {
-    /// Correction mode (`none` or `adabn`).
+    /// Correction mode.
     pub mode: CorrectionMode,
     /// AdaBN: sites before a plate's statistics are final.
     pub min_sites: usize,
     /// AdaBN: most sites in the statistics sample.
     pub sample_sites: usize,
+    /// IST: styles per image.
+    pub ist_styles: usize,
     /// Preprocessing from the bundle.
     pub preprocess: PreprocessSpec,
 }
@@ -212,7 +214,13 @@ impl EmbedStage {
         let mode = self.config.mode;
         let result = match mode {
             CorrectionMode::Adabn => self.adabn(plate, &inputs, &arrays),
-            _ => self
+            CorrectionMode::Ist => {
+                let keys: Vec<String> = inputs.iter().map(|i| i.key.to_string()).collect();
+                self.engine
+                    .embed_ist(&arrays, &keys, self.config.ist_styles)
+                    .map(|e| (e, RowStatus::Final, Vec::new()))
+            }
+            CorrectionMode::None => self
                 .engine
                 .embed(&arrays)
                 .map(|e| (e, RowStatus::Final, Vec::new())),

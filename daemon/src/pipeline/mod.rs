@@ -240,11 +240,6 @@ pub async fn run_reloading(
             bundle.manifest.correction_modes
         )));
     }
-    if mode == CorrectionMode::Ist {
-        return Err(PipelineError::Config(
-            "IST correction is not implemented in this daemon yet".into(),
-        ));
-    }
     let engine = Engine::load(rt, bundle.clone(), &config.inference)?;
     let provider = format!("{:?}", engine.provider).to_lowercase();
     metrics::gauge!(telemetry::PROVIDER_INFO, "provider" => provider).set(1.0);
@@ -378,6 +373,7 @@ pub async fn run_reloading(
             mode,
             min_sites: config.correction.adabn_min_sites,
             sample_sites: config.correction.adabn_sample_sites,
+            ist_styles: config.correction.ist_styles,
             preprocess: bundle.manifest.preprocess.clone(),
         },
         engine,

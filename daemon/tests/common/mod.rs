@@ -104,6 +104,7 @@ pub fn bundle_named(dir: &Path, name: &str, seed: u64) -> PathBuf {
             class_names: vec!["a".into(), "b".into(), "c".into()],
             provenance: Provenance::default(),
             metrics: Default::default(),
+            ist: None,
         },
         &out,
         false,
