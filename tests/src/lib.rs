@@ -53,6 +53,28 @@ pub fn run_python(script: &str, args: &[&OsStr]) -> String {
 /// for `steps` steps (width 8, embedding 16, 32x32 inputs) into `dir/run`;
 /// returns the run's configuration.
 pub fn tiny_run(dir: &Path, method: &str, steps: usize) -> bfx_config::TrainerConfig {
+    tiny_run_with(dir, method, "{}", steps)
+}
+
+/// [`tiny_run`] with the method's parameters as an inline TOML table
+/// (`{ encoder_steps = 4 }`).
+pub fn tiny_run_with(
+    dir: &Path,
+    method: &str,
+    params: &str,
+    steps: usize,
+) -> bfx_config::TrainerConfig {
+    tiny_run_norm(dir, method, params, steps, "batch")
+}
+
+/// [`tiny_run_with`] with `trainer.model.norm` set to `norm`.
+pub fn tiny_run_norm(
+    dir: &Path,
+    method: &str,
+    params: &str,
+    steps: usize,
+    norm: &str,
+) -> bfx_config::TrainerConfig {
     bfx_trainer::synth::generate(
         bfx_trainer::synth::SynthPreset::Tiny,
         &dir.join("screen"),
@@ -75,8 +97,10 @@ geometry = {{ kind = "resize", height = 32, width = 32 }}
 [trainer.model]
 width = 8
 embedding_dim = 16
+norm = "{norm}"
 [trainer.method]
 name = "{method}"
+params = {params}
 [trainer.optim]
 batch_size = 16
 steps = {steps}

@@ -3,7 +3,8 @@
 //! it while it runs; then Python's anndata reads every plate and each
 //! complete site must be there exactly once with the embedding the bundle
 //! gives that site offline (1e-4), in correction modes `none` and `adabn`,
-//! and with an SCBD bundle (its batch-invariant z_c, mode `none`).
+//! with an SCBD bundle (its batch-invariant z_c, mode `none`), and with an
+//! IST bundle in mode `ist` (each site restyled with 3 bank styles).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -16,10 +17,16 @@ use bfx_tests::run_python;
 
 const PLATES: [&str; 2] = ["S2P1", "S2P2"];
 const SITES_PER_PLATE: usize = 24;
+const IST_STYLES: usize = 3;
 
 /// A tiny screen and a bundle of `method` trained on it for a few steps.
 fn screen_and_bundle(dir: &Path, method: &str) -> (PathBuf, PathBuf) {
-    let config = bfx_tests::tiny_run(dir, method, 10);
+    let params = if method == "ist" {
+        "{ encoder_steps = 4, generator_steps = 4 }"
+    } else {
+        "{}"
+    };
+    let config = bfx_tests::tiny_run_with(dir, method, params, 10);
     let bundle = dir.join("bundle");
     bfx_trainer::export::export(&config.out, &bundle, false).unwrap_or_else(|e| panic!("{e}"));
     (dir.join("screen"), bundle)
@@ -44,6 +51,7 @@ max_delay = "300ms"
 mode = "{mode}"
 adabn_min_sites = 10
 adabn_sample_sites = 16
+ist_styles = {IST_STYLES}
 [daemon.plate]
 expected_sites = {SITES_PER_PLATE}
 [daemon.commit]
@@ -152,17 +160,32 @@ fn run_mode(screen: &Path, bundle_dir: &Path, mode: &str) {
             .expect("stats of every layer")
         });
         for (i, paths) in v["paths"].as_array().expect("paths").iter().enumerate() {
-            let input = bfx_daemon::pipeline::stored_site_input(
+            let input: ndarray::Array4<f32> = bfx_daemon::pipeline::stored_site_input(
                 spec,
                 &ReadOptions::default(),
                 paths.as_str().expect("text"),
             )
             .expect("site reads");
-            let want = match &stats {
-                Some(s) => engine.embed_with(&[input], s),
-                None => engine.embed(&[input]),
+            let want = match (&stats, mode) {
+                (Some(s), _) => engine.embed_with(std::slice::from_ref(&input), s),
+                (None, "ist") => engine.embed_ist(
+                    std::slice::from_ref(&input),
+                    &[index[i].to_string()],
+                    IST_STYLES,
+                ),
+                (None, _) => engine.embed(std::slice::from_ref(&input)),
             }
             .expect("offline embedding");
+            if mode == "ist" {
+                // The restyled site is not embedded as the plain one.
+                let plain = engine.embed(&[input]).expect("plain embedding");
+                let moved = plain
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(moved > 1e-4, "{plate} row {i}: IST changed nothing");
+            }
             let got: Vec<f32> = v["X"][i]
                 .as_array()
                 .expect("row")
@@ -200,4 +223,13 @@ fn an_scbd_bundle_embeds_replayed_plates_as_offline() {
         "scbd"
     );
     run_mode(&screen, &bundle, "none");
+}
+
+#[test]
+fn an_ist_bundle_restyles_replayed_plates_as_offline() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let (screen, bundle) = screen_and_bundle(tmp.path(), "ist");
+    let manifest = Bundle::open(&bundle).expect("bundle").manifest;
+    assert_eq!(manifest.method, "ist");
+    run_mode(&screen, &bundle, "ist");
 }

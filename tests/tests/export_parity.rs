@@ -104,6 +104,7 @@ fn export(spec: &ModelSpec, weights: Weights, out: &Path) -> Bundle {
             ..Provenance::default()
         },
         metrics: Default::default(),
+        ist: None,
     };
     write_classifier_bundle(&request, out, false).unwrap_or_else(|e| panic!("{e}"))
 }
