@@ -16,7 +16,8 @@ if [ ! -x .venv-bench/bin/python ]; then
 fi
 cargo build --release --locked -p bfx-bench
 results=$(mktemp)
-trap 'rm -f "$results"' EXIT
+phases=$(mktemp)
+trap 'rm -f "$results" "$phases"' EXIT
 steps=10
 run() { # binary python-script args...
     local bin=$1 script=$2
@@ -30,9 +31,13 @@ run() { # binary python-script args...
 run training-step training_step.py 64 32 5 64 $steps bn
 run training-step training_step.py 32 32 5 64 $steps in
 run generator-step generator_step.py 32 32 5 64 $steps
-.venv-bench/bin/python - "$results" "$threads" "$steps" > docs/performance.md <<'PY'
+# IST's phases as bfx-trainer runs them: the results' setting, then the generator row's.
+RAYON_NUM_THREADS=$threads target/release/ist-phases 16 32 4 32 $steps | tee -a "$phases"
+RAYON_NUM_THREADS=$threads target/release/ist-phases 32 32 5 64 $steps | tee -a "$phases"
+.venv-bench/bin/python - "$results" "$threads" "$steps" "$phases" > docs/performance.md <<'PY'
 import json, sys, platform, os
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+phases = [json.loads(l) for l in open(sys.argv[4]) if l.strip()]
 threads, steps = sys.argv[2], sys.argv[3]
 print("# Performance\n")
 print(f"Made by `bench/run.sh`; do not edit by hand. Medians of {steps} timed steps after 2 warm-up steps;")
@@ -63,6 +68,17 @@ print("|---|---|---|---|")
 for after in rows[1::3]:
     if "forward_s" in after:
         print(f"| {after['network']} | {after['forward_s']:.3f} | {after['backward_s']:.3f} | {after['optimizer_s']:.3f} |")
+print("\n## IST: seconds per training step of each phase (bfx kernels, medians)\n")
+print("`bench/src/ist_phases.rs` runs the registered `ist` method's steps as `bfx-trainer fit` does; each step")
+print("draws `batch` content and `batch` style images. Encoder: E's class and plate cross-entropy, backward, AdamW.")
+print("Generator and critic: E on content and style, G, E on the generated images, G again for the cycle, D on")
+print("generated images; backward and AdamW over G; then D on real and generated images, backward, AdamW over D.")
+print("Predictor: E and G restyle the content (no gradient), predictor cross-entropy, backward, AdamW.\n")
+print("| network | input | batch | encoder s | generator and critic s | predictor s |")
+print("|---|---|---|---|---|---|")
+for k in range(0, len(phases), 3):
+    e, g, p = phases[k:k + 3]
+    print(f"| {e['network']} | {e['input']} | {e['batch']} | {e['median_s']:.3f} | {g['median_s']:.3f} | {p['median_s']:.3f} |")
 print(f"\nPyTorch: {rows[2]['framework']}. The networks are the same layer for layer "
       "(bench/training_step.py mirrors trainer/src/nn/resnet.rs, bench/generator_step.py mirrors bench/src/generator_step.rs).")
 PY
