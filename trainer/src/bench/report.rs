@@ -54,7 +54,8 @@ pub fn write_results(
         md,
         "Setting: data `{}`; channels {:?} {geometry}, {normalization}; ResNet18 layout, width {}, {:?} norm, embedding {}; \
          AdamW lr {}, weight decay {}, batch {}, {} steps; folds {}; seeds {:?}. \
-         `+AdaBN` rows are the same runs evaluated with each test plate's own BatchNorm statistics.\n",
+         `+AdaBN` rows are the same runs evaluated with each test plate's own BatchNorm statistics; \
+         `+TTC (K=k)` rows are IST's runs with test-time correction (each image restyled with k training styles, embeddings averaged).\n",
         base.data.manifest.display(),
         base.preprocess.channels,
         base.model.width,
