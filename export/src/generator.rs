@@ -34,7 +34,12 @@ pub fn emit(
     weights.check(&spec.generator_tensors())?;
     spec.check_size(height, width).map_err(ExportError::Spec)?;
     let enc = &spec.encoder;
-    let mut e = Emitter::new("ist_generator", weights, Variant::Predictor, enc.instance_norm);
+    let mut e = Emitter::new(
+        "ist_generator",
+        weights,
+        Variant::Predictor,
+        enc.instance_norm,
+    );
     let image_dims = [
         Dim::Symbolic(BATCH),
         Dim::Fixed(enc.in_channels),

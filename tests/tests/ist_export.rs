@@ -44,7 +44,11 @@ fn check(norm: &str) {
     // A BatchNorm IST model also has the AdaBN pair.
     let (modes, described) = if norm == "batch" {
         (
-            vec![CorrectionMode::None, CorrectionMode::Adabn, CorrectionMode::Ist],
+            vec![
+                CorrectionMode::None,
+                CorrectionMode::Adabn,
+                CorrectionMode::Ist,
+            ],
             "correction  none, adabn, ist",
         )
     } else {

@@ -10,14 +10,7 @@ use candle_core::Device;
 use indicatif::ProgressBar;
 
 mod common;
-use common::setup;
-
-fn trainer(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_bfx-trainer"))
-        .args(args)
-        .output()
-        .expect("bfx-trainer runs")
-}
+use common::{setup, trainer};
 
 #[test]
 fn tiny_fit_and_eval_learn_above_chance() {

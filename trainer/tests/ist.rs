@@ -4,7 +4,6 @@
 //! draws its generator grid; other runs are refused clearly.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
 use bfx_trainer::methods::{self, Batch, MethodContext};
 use bfx_trainer::model::{self, EmbedHead, ModelSpec};
@@ -14,7 +13,7 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 
 mod common;
-use common::setup;
+use common::{setup, trainer};
 
 /// Every variable's values by name.
 fn snapshot(map: &VarMap) -> BTreeMap<String, Vec<f32>> {
@@ -133,13 +132,6 @@ fn each_phase_trains_only_its_own_networks() {
         !model_only.is_empty() && model_only.iter().all(|n| n.starts_with("model.")),
         "{model_only:?}"
     );
-}
-
-fn trainer(args: &[&std::ffi::OsStr]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_bfx-trainer"))
-        .args(args)
-        .output()
-        .expect("bfx-trainer runs")
 }
 
 #[test]

@@ -1,16 +1,7 @@
 //! SCBD's decoder and swap grid end to end on the tiny screen.
 
-use std::process::Command;
-
 mod common;
-use common::setup;
-
-fn trainer(args: &[&std::ffi::OsStr]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_bfx-trainer"))
-        .args(args)
-        .output()
-        .expect("bfx-trainer runs")
-}
+use common::{setup, trainer};
 
 /// Train `method` for 30 steps with `config`'s text written to `<name>.toml`
 /// beside it, output in the folder `name`.

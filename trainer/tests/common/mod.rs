@@ -6,6 +6,16 @@ use bfx_core::naming::Preset;
 use bfx_trainer::synth::{self, SynthPreset};
 use indicatif::ProgressBar;
 
+/// `bfx-trainer` run with `args` to completion.
+// Not every test binary that includes this module runs the CLI.
+#[allow(dead_code)]
+pub fn trainer<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_bfx-trainer"))
+        .args(args)
+        .output()
+        .expect("bfx-trainer runs")
+}
+
 /// A tiny screen and a config training on it, in `dir`.
 pub fn setup(dir: &Path, extra: &str) -> std::path::PathBuf {
     synth::generate(
