@@ -192,7 +192,7 @@ fn bad_input_gets_one_clear_error() {
         .to_string();
     assert_eq!(
         err,
-        "unknown method \"magic\"; methods: erm, abra, dann, mixstyle, scbd"
+        "unknown method \"magic\"; methods: erm, abra, dann, mixstyle, scbd, ist"
     );
     let err = quiet_fit(&config, |c| {
         c.method.name = "abra".into();
