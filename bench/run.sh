@@ -70,7 +70,7 @@ for after in rows[1::3]:
         print(f"| {after['network']} | {after['forward_s']:.3f} | {after['backward_s']:.3f} | {after['optimizer_s']:.3f} |")
 print("\n## IST: seconds per training step of each phase (bfx kernels, medians)\n")
 print("`bench/src/ist_phases.rs` runs the registered `ist` method's steps as `bfx-trainer fit` does; each step")
-print("draws `batch` content and `batch` style images. Encoder: E's class and plate cross-entropy, backward, AdamW.")
+print("draws `batch` content and `batch` style images. Encoder (on both): E's class and plate cross-entropy, backward, AdamW.")
 print("Generator and critic: E on content and style, G, E on the generated images, G again for the cycle, D on")
 print("generated images; backward and AdamW over G; then D on real and generated images, backward, AdamW over D.")
 print("Predictor: E and G restyle the content (no gradient), predictor cross-entropy, backward, AdamW.\n")

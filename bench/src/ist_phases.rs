@@ -1,8 +1,9 @@
 //! Seconds per training step of each IST phase, as `bfx-trainer fit` runs
-//! them (the registered `ist` method on a ResNet18 InstanceNorm
-//! predictor), one JSON line per phase: encoder pre-training, generator
-//! and critic, predictor on restyled images. Each step draws `BATCH`
-//! content and `BATCH` style images (random pixels, random labels).
+//! them (the registered `ist` method with BatchNorm networks, the
+//! trainer's default), one JSON line per phase: encoder pre-training,
+//! generator and critic, predictor on restyled images. Each step draws
+//! `BATCH` content and `BATCH` style images (random pixels, random
+//! labels); the encoder phase trains on both.
 //!
 //! Usage: ist-phases WIDTH BATCH CHANNELS SIZE STEPS
 
@@ -36,7 +37,7 @@ fn main() -> anyhow::Result<()> {
     let device = Device::Cpu;
     let spec = ModelSpec {
         arch: "resnet18".into(),
-        encoder: ResNetSpec::resnet18(channels, width, true),
+        encoder: ResNetSpec::resnet18(channels, width, false),
         head: EmbedHead::Linear,
         embedding_dim: 64,
         classes: CLASSES,
@@ -84,7 +85,7 @@ fn main() -> anyhow::Result<()> {
             "{}",
             serde_json::json!({
                 "phase": name,
-                "network": format!("IST, ResNet18 IN width {width}"),
+                "network": format!("IST, ResNet18 BatchNorm width {width}"),
                 "input": format!("{channels}x{size}x{size}"),
                 "batch": batch, "steps": steps,
                 "median_s": median(times),
