@@ -239,11 +239,15 @@ pub fn fit(
         let indices = sampler.next_batch();
         let b = batch(&run.images, train, &indices, Some(&mut augment_rng), device)?;
         let terms = method.step(&model, &b, &mut opt, meta.step)?;
-        meta.step += 1;
-        if let Some((_, loss)) = terms.first() {
+        // The training loss of the history is the classifier's: a
+        // method's pretraining losses are other networks'.
+        if meta.step >= pretraining
+            && let Some((_, loss)) = terms.first()
+        {
             loss_sum += loss;
             loss_n += 1;
         }
+        meta.step += 1;
         progress.set_position(meta.step as u64);
         progress.set_message(
             terms
