@@ -140,7 +140,14 @@ pub fn evaluate(
     device: &Device,
     progress: &ProgressBar,
 ) -> Result<(Evaluation, Projection), FitError> {
-    let (meta, model) = load_model(dir, BEST, device)?;
+    // An IST run's checkpoint also holds its style-transfer networks: read it once.
+    let (meta, model, ist_net) = if checkpoint::read_meta(dir, BEST)?.config.method.name == "ist" {
+        let ist = crate::ist::load(dir, BEST, device)?;
+        (ist.meta, ist.model, Some(ist.net))
+    } else {
+        let (meta, model) = load_model(dir, BEST, device)?;
+        (meta, model, None)
+    };
     let run = load_data(&meta.config, progress)?;
     // Only labels the model was trained on can be predicted.
     let trained: std::collections::BTreeSet<usize> =
@@ -187,14 +194,13 @@ pub fn evaluate(
     };
     let (plain, embedded) = mode(Adapt::None)?;
     let mut test_time = Vec::new();
-    if meta.config.method.name == "ist" {
-        let ist = crate::ist::load(dir, BEST, device)?;
+    if let Some(net) = &ist_net {
         let plates = &run.parts.plates[..run.parts.train_plates];
-        let bank = crate::ist::style_bank(&ist.net, &run.images, &run.parts.train, plates, device)?;
+        let bank = crate::ist::style_bank(net, &run.images, &run.parts.train, plates, device)?;
         for styles in TEST_TIME_STYLES {
             let e = crate::ist::embed_corrected(
-                &ist.model,
-                &ist.net,
+                &model,
+                net,
                 &bank,
                 &run.images,
                 &both,
