@@ -1,10 +1,13 @@
-//! Convolution geometry and the copies around the GEMMs: im2col (input
-//! patches as the columns of a matrix), col2im (its adjoint, summing
-//! patches back into an image) and the batch/channel transposes between
-//! Candle's `[n, c, p]` layout and the GEMMs' `[c, n * p]`.
+//! Convolution geometry and the copies around the GEMMs, each over a
+//! chunk of images: im2col (input patches as the columns of a matrix),
+//! col2im (its adjoint, summing patches back into an image) and the
+//! batch/channel transposes between Candle's `[n, c, p]` layout and the
+//! GEMMs' `[c, n * p]`.
 //!
 //! Every loop is parallel over disjoint output rows or planes, so no
 //! two threads write one element.
+
+use std::ops::Range;
 
 use candle_core::{Result, WithDType};
 use rayon::prelude::*;
@@ -157,12 +160,6 @@ impl Geometry {
         Ok(geometry)
     }
 
-    /// A 1x1 convolution with stride 1 and no padding: its patch matrix
-    /// is the input with batch and channel axes swapped.
-    pub fn pointwise(&self) -> bool {
-        (self.kh, self.kw, self.cfg.stride, self.cfg.padding) == (1, 1, 1, 0)
-    }
-
     /// Output positions per image.
     pub fn p(&self) -> usize {
         self.ho * self.wo
@@ -192,26 +189,26 @@ impl Geometry {
     }
 }
 
-/// The patch matrix `[c * kh * kw, n * ho * wo]` of `x` (`[n, c, h, w]`):
-/// row `(c, i, j)`, column `(n, oh, ow)` holds `x[n, c, oh*s + i*d - pad,
-/// ow*s + j*d - pad]`, zero outside the image.
-pub fn im2col<T: WithDType>(x: &[T], g: &Geometry) -> Vec<T> {
-    if g.pointwise() {
-        return swap01(x, g.n, g.c, g.h * g.w);
-    }
-    let (p, np, hw) = (g.p(), g.n * g.p(), g.h * g.w);
+/// The patch matrix `[c * kh * kw, b * ho * wo]` of the `b` images
+/// `imgs` of `x` (`[n, c, h, w]`), written to `cols`: row `(c, i, j)`,
+/// column `(n, oh, ow)` holds `x[n, c, oh*s + i*d - pad, ow*s + j*d -
+/// pad]`, zero outside the image. Every element of `cols` is written.
+pub fn im2col_into<T: WithDType>(x: &[T], g: &Geometry, imgs: Range<usize>, cols: &mut [T]) {
+    let (p, hw, b) = (g.p(), g.h * g.w, imgs.len());
     let (s, d, pad) = (g.cfg.stride, g.cfg.dilation, g.cfg.padding);
     let zero = T::from_f64(0.0);
-    let mut cols = vec![zero; g.c * g.kh * g.kw * np];
-    cols.par_chunks_mut(np.max(1))
+    cols.par_chunks_mut((b * p).max(1))
         .enumerate()
         .for_each(|(row, out)| {
             let (c, i, j) = (row / (g.kh * g.kw), (row / g.kw) % g.kh, row % g.kw);
             let cols_ok = g.valid(j * d, g.w, g.wo);
             let rows_ok = g.valid(i * d, g.h, g.ho);
-            for n in 0..g.n {
+            if rows_ok.len() < g.ho || cols_ok.len() < g.wo {
+                out.fill(zero);
+            }
+            for (slot, n) in imgs.clone().enumerate() {
                 let plane = &x[(n * g.c + c) * hw..][..hw];
-                let out = &mut out[n * p..][..p];
+                let out = &mut out[slot * p..][..p];
                 for oh in rows_ok.clone() {
                     let ih = oh * s + i * d - pad;
                     let src = &plane[ih * g.w..][..g.w];
@@ -227,18 +224,16 @@ pub fn im2col<T: WithDType>(x: &[T], g: &Geometry) -> Vec<T> {
                 }
             }
         });
-    cols
 }
 
-/// The adjoint of [`im2col`]: every patch entry of `cols` added back to
-/// the input position it came from, giving `[n, c, h, w]`.
-pub fn col2im<T: WithDType>(cols: &[T], g: &Geometry) -> Vec<T> {
-    if g.pointwise() {
-        return swap01(cols, g.c, g.n, g.h * g.w);
-    }
-    let (p, np, hw) = (g.p(), g.n * g.p(), g.h * g.w);
+/// The adjoint of [`im2col_into`]: every patch entry of `cols` (the
+/// patch matrix of `b` images) added to the input position it came
+/// from, in `x` (`[b, c, h, w]`, those images' part of the input).
+pub fn col2im_add<T: WithDType>(cols: &[T], g: &Geometry, x: &mut [T]) {
+    let hw = g.h * g.w;
+    let (p, b) = (g.p(), x.len() / (g.c * hw).max(1));
+    let bp = b * p;
     let (s, d, pad) = (g.cfg.stride, g.cfg.dilation, g.cfg.padding);
-    let mut x = vec![T::from_f64(0.0); g.input_len()];
     x.par_chunks_mut(hw.max(1))
         .enumerate()
         .for_each(|(q, plane)| {
@@ -247,31 +242,49 @@ pub fn col2im<T: WithDType>(cols: &[T], g: &Geometry) -> Vec<T> {
                 let rows_ok = g.valid(i * d, g.h, g.ho);
                 for j in 0..g.kw {
                     let cols_ok = g.valid(j * d, g.w, g.wo);
-                    let row = &cols[((c * g.kh + i) * g.kw + j) * np + n * p..][..p];
+                    let row = &cols[((c * g.kh + i) * g.kw + j) * bp + n * p..][..p];
                     for oh in rows_ok.clone() {
                         let ih = oh * s + i * d - pad;
                         let dst = &mut plane[ih * g.w..][..g.w];
                         let src = &row[oh * g.wo..][..g.wo];
                         let first = cols_ok.start * s + j * d - pad;
-                        for (k, ow) in cols_ok.clone().enumerate() {
-                            dst[first + k * s] += src[ow];
+                        if s == 1 {
+                            let dst = &mut dst[first..first + cols_ok.len()];
+                            for (a, v) in dst.iter_mut().zip(&src[cols_ok.clone()]) {
+                                *a += *v;
+                            }
+                        } else {
+                            for (k, ow) in cols_ok.clone().enumerate() {
+                                dst[first + k * s] += src[ow];
+                            }
                         }
                     }
                 }
             }
         });
-    x
 }
 
-/// `[a, b, p]` -> `[b, a, p]` (the batch/channel swap around the GEMMs).
-pub fn swap01<T: WithDType>(src: &[T], a: usize, b: usize, p: usize) -> Vec<T> {
-    let mut dst = vec![T::from_f64(0.0); src.len()];
-    dst.par_chunks_mut((a * p).max(1))
+/// `[b, a, p]` (`src`, `b` images) -> `[a, b * p]` (`dst`): the images'
+/// planes side by side in each row, as the GEMMs take them.
+pub fn gather_rows<T: WithDType>(src: &[T], a: usize, p: usize, dst: &mut [T]) {
+    let b = src.len() / (a * p).max(1);
+    dst.par_chunks_mut((b * p).max(1))
         .enumerate()
-        .for_each(|(bi, out)| {
-            for ai in 0..a {
-                out[ai * p..][..p].copy_from_slice(&src[(ai * b + bi) * p..][..p]);
+        .for_each(|(ai, row)| {
+            for bi in 0..b {
+                row[bi * p..][..p].copy_from_slice(&src[(bi * a + ai) * p..][..p]);
             }
         });
-    dst
+}
+
+/// The inverse of [`gather_rows`]: `[a, b * p]` (`src`) -> `[b, a, p]` (`dst`).
+pub fn scatter_rows<T: WithDType>(src: &[T], a: usize, p: usize, dst: &mut [T]) {
+    let b = dst.len() / (a * p).max(1);
+    dst.par_chunks_mut((a * p).max(1))
+        .enumerate()
+        .for_each(|(bi, image)| {
+            for ai in 0..a {
+                image[ai * p..][..p].copy_from_slice(&src[ai * b * p + bi * p..][..p]);
+            }
+        });
 }
