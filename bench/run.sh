@@ -5,10 +5,11 @@
 # prints the ratios and writes docs/performance.md. PyTorch comes from
 # PyPI into .venv-bench (a large download the first time).
 #
-# Usage: bench/run.sh [THREADS]   (default 2)
+# Usage: bench/run.sh [THREADS] [ROUNDS]   (defaults 2 and 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${1:-2}
+rounds=${2:-3}
 torch_version=2.15.0
 if [ ! -x .venv-bench/bin/python ]; then
     python3 -m venv .venv-bench
@@ -27,23 +28,39 @@ run() { # binary python-script args...
     RAYON_NUM_THREADS=$threads "target/release/$bin" "$@" | tee -a "$results"
     (cd bench && ../.venv-bench/bin/python "$script" "$@" "$threads") | tee -a "$results"
 }
-# width batch channels size steps [norm]
-run training-step training_step.py 64 32 5 64 $steps bn
-run training-step training_step.py 32 32 5 64 $steps in
-run generator-step generator_step.py 32 32 5 64 $steps
+# This VM's speed drifts by tens of percent within minutes, so the three
+# networks' before/after/PyTorch runs are repeated in rounds, interleaved,
+# and each number is the median over the rounds.
+for _ in $(seq "$rounds"); do
+    # width batch channels size steps [norm]
+    run training-step training_step.py 64 32 5 64 $steps bn
+    run training-step training_step.py 32 32 5 64 $steps in
+    run generator-step generator_step.py 32 32 5 64 $steps
+done
 # IST's phases as bfx-trainer runs them: the results' setting, then the generator row's.
 RAYON_NUM_THREADS=$threads target/release/ist-phases 16 32 4 32 $steps | tee -a "$phases"
 RAYON_NUM_THREADS=$threads target/release/ist-phases 32 32 5 64 $steps | tee -a "$phases"
-.venv-bench/bin/python - "$results" "$threads" "$steps" "$phases" > docs/performance.md <<'PY'
-import json, sys, platform, os
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+.venv-bench/bin/python - "$results" "$threads" "$steps" "$phases" "$rounds" > docs/performance.md <<'PY'
+import json, sys, platform, os, statistics
+runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 phases = [json.loads(l) for l in open(sys.argv[4]) if l.strip()]
-threads, steps = sys.argv[2], sys.argv[3]
+threads, steps, rounds = sys.argv[2], sys.argv[3], int(sys.argv[5])
+# runs: rounds x networks x (before, after, PyTorch); each row keeps the
+# first round's labels and the median over the rounds of every time.
+per_round = len(runs) // rounds
+def merged(i):
+    same = [runs[r * per_round + i] for r in range(rounds)]
+    row = dict(same[0])
+    for key, value in row.items():
+        if key.endswith("_s"):
+            row[key] = statistics.median(s[key] for s in same)
+    return row
+rows = [merged(i) for i in range(per_round)]
 print("# Performance\n")
-print(f"Made by `bench/run.sh`; do not edit by hand. Medians of {steps} timed steps after 2 warm-up steps;")
-print(f"for each network Candle's own ops (before), bfx's kernels (after) and PyTorch run one after the other")
-print(f"in the same invocation, {threads} threads each, on {os.cpu_count()} CPUs ({platform.machine()}).")
-print("bfx runs as `bfx-trainer` does: mimalloc as allocator, Candle's own thread pool at one thread")
+print(f"Made by `bench/run.sh`; do not edit by hand. Each time is the median over {rounds} rounds of the median")
+print(f"of {steps} timed steps after 2 warm-up steps; in every round, for each network, Candle's own ops (before),")
+print(f"bfx's kernels (after) and PyTorch run one after the other, {threads} threads each, on {os.cpu_count()} CPUs ({platform.machine()}).")
+print("bfx runs as `bfx-trainer` does: mimalloc as allocator keeping freed memory, Candle's own thread pool at one thread")
 print("(trainer/src/runtime.rs); \"before\" is the same binary with Candle's ops and Candle's pool at its default size.\n")
 print("## Training step\n")
 print("ResNet rows: ERM (forward in train mode, cross-entropy, backward, AdamW). Generator row: frozen encoder")
