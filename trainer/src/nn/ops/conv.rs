@@ -4,7 +4,7 @@
 //! With the geometry `g` of a convolution `y = x * w` (`x: [n, c, h, w]`,
 //! `w: [o, c/g, kh, kw]`) and `X = im2col(x)`, `Y = y` as `[o, n*p]`:
 //! - forward: `Y = W X`;
-//! - weight gradient: `dW = dY X^T` (computed as its transpose);
+//! - weight gradient: `dW = dY X^T`;
 //! - input gradient: `dx = col2im(W^T dY)`, skipped when `x` needs none
 //!   (the image going into the first layer).
 //!
@@ -99,8 +99,7 @@ fn backward_in_chunks<T: WithDType>(
 ) -> (Vec<T>, Vec<T>) {
     let (p, k, og, groups) = (g.p(), g.k(), g.o / g.cfg.groups, g.cfg.groups);
     let (chw, zero) = (g.c * g.h * g.w, T::from_f64(0.0));
-    // The weight gradient transposed, `[groups][k, og]`.
-    let mut dwt = if x.is_some() {
+    let mut dw = if x.is_some() {
         vec![zero; g.o * k]
     } else {
         Vec::new()
@@ -118,21 +117,17 @@ fn backward_in_chunks<T: WithDType>(
         gather_rows(&dy[imgs.start * g.o * p..imgs.end * g.o * p], g.o, p, dyt);
         let cols = &mut cols[..groups * k * bp];
         if let Some(x) = x {
-            // dW^T = X dY^T, summed over the chunks. The GEMM kernel
-            // packs the operand that runs along the output's rows with
-            // a strided gather; computing dW^T (rows of `og`) makes that
-            // dY, not the patch matrix, which is 9x larger for a 3x3
-            // kernel (perf: 12% of IST's generator step was that gather).
+            // dW = dY X^T, summed over the chunks.
             im2col_into(x, g, imgs.clone(), cols);
             for grp in 0..groups {
                 gemm(
-                    (k, og, bp),
-                    &mut dwt[grp * k * og..],
-                    Strides::row_major(og),
+                    (og, k, bp),
+                    &mut dw[grp * og * k..],
+                    Strides::row_major(k),
                     chunk > 0,
-                    &cols[grp * k * bp..],
-                    Strides::row_major(bp),
                     &dyt[grp * og * bp..],
+                    Strides::row_major(bp),
+                    &cols[grp * k * bp..],
                     Strides::transposed(bp),
                     threads(),
                 );
@@ -156,19 +151,7 @@ fn backward_in_chunks<T: WithDType>(
             col2im_add(cols, g, &mut dx[imgs.start * chw..imgs.end * chw]);
         }
     }
-    (untranspose(&dwt, k, og), dx)
-}
-
-/// `[groups][k, og]` -> `[groups * og, k]` (the weight's layout).
-fn untranspose<T: WithDType>(dwt: &[T], k: usize, og: usize) -> Vec<T> {
-    let mut dw = vec![T::from_f64(0.0); dwt.len()];
-    for (row, out) in dw.chunks_exact_mut(k.max(1)).enumerate() {
-        let (grp, oo) = (row / og.max(1), row % og.max(1));
-        for (kk, v) in out.iter_mut().enumerate() {
-            *v = dwt[grp * k * og + kk * og + oo];
-        }
-    }
-    dw
+    (dw, dx)
 }
 
 /// `y = conv2d(x, w)` on the CPU.
