@@ -5,11 +5,11 @@
 # prints the ratios and writes docs/performance.md. PyTorch comes from
 # PyPI into .venv-bench (a large download the first time).
 #
-# Usage: bench/run.sh [THREADS] [ROUNDS]   (defaults 2 and 3)
+# Usage: bench/run.sh [THREADS] [ROUNDS]   (defaults 2 and 5; about 20 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${1:-2}
-rounds=${2:-3}
+rounds=${2:-5}
 torch_version=2.15.0
 if [ ! -x .venv-bench/bin/python ]; then
     python3 -m venv .venv-bench
