@@ -17,8 +17,7 @@ pub fn kernels_from_env() {
 /// left to Candle is memory-bound, so Candle's pool gets one thread (the
 /// caller's) unless `CANDLE_NUM_THREADS` is set.
 ///
-///
-/// It also keeps the memory mimalloc frees ([`keep_freed_memory`]).
+/// It also keeps the memory mimalloc frees (`keep_freed_memory`).
 ///
 /// # Safety
 /// Call before any other thread exists (first thing in `main`): it
@@ -42,7 +41,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// Never purging keeps the process at its peak size, which a training
 /// run reaches in its first step anyway. Without effect when mimalloc is
 /// not the global allocator.
-pub fn keep_freed_memory() {
+fn keep_freed_memory() {
     // SAFETY: mi_option_set only stores an integer in mimalloc's option
     // table; any option number and value are accepted.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
