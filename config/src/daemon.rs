@@ -98,7 +98,7 @@ pub struct WatchConfig {
     /// A file is ready when its size and mtime have not changed for this long (default 2s).
     #[serde(default = "WatchConfig::default_settle", with = "humantime_serde")]
     pub settle: Duration,
-    /// How long an unreadable file is retried before it is quarantined (default 10m).
+    /// How long an unreadable file is retried after its last change before it is quarantined (default 10m).
     #[serde(
         default = "WatchConfig::default_read_deadline",
         with = "humantime_serde"
@@ -138,6 +138,11 @@ pub struct AssembleConfig {
     /// A site still missing channels after this long is recorded as incomplete (default 10m).
     #[serde(with = "humantime_serde")]
     pub site_timeout: Duration,
+    /// `[height, width]` in pixels of the fields the model was trained on:
+    /// sites of another size (another camera binning or objective) are
+    /// rejected instead of being resized to the model's input. Unset
+    /// (default): any size is taken and resized or tiled.
+    pub field_size: Option<[u32; 2]>,
 }
 
 impl Default for AssembleConfig {
@@ -145,6 +150,7 @@ impl Default for AssembleConfig {
         AssembleConfig {
             layout: SiteLayout::default(),
             site_timeout: Duration::from_secs(600),
+            field_size: None,
         }
     }
 }
@@ -358,6 +364,14 @@ impl DaemonConfig {
         at_least("daemon.image.max_pixels", self.image.max_pixels, 1)?;
         at_least("daemon.image.max_pages", self.image.max_pages, 1)?;
         positive("daemon.assemble.site_timeout", self.assemble.site_timeout)?;
+        if let Some([h, w]) = self.assemble.field_size
+            && (h == 0 || w == 0)
+        {
+            return Err(Invalid::new(
+                "daemon.assemble.field_size",
+                format!("is {h}x{w}: height and width must be at least 1 pixel"),
+            ));
+        }
         if self.quarantine.mode == QuarantineMode::Move && self.quarantine.dir.is_none() {
             return Err(Invalid::new(
                 "daemon.quarantine.dir",

@@ -51,6 +51,10 @@ fn defaults_fill_a_minimal_daemon_config_and_paths_resolve_against_its_folder() 
     assert_eq!(c.inference.intra_op_threads, 1);
     assert!(!c.inference.spinning);
     assert_eq!(c.http.listen.to_string(), "127.0.0.1:9464");
+    assert_eq!(c.assemble.field_size, None);
+    let sized = format!("{MINIMAL}[daemon.assemble]\nfield_size = [1080, 1920]\n");
+    let sized = parse_daemon(&sized, Path::new("/etc/bfx/daemon.toml")).unwrap();
+    assert_eq!(sized.assemble.field_size, Some([1080, 1920]));
     let relative = parse_daemon(MINIMAL, Path::new("daemon.toml")).unwrap();
     assert_eq!(relative.bundle, PathBuf::from("./bundle"));
 }
@@ -77,6 +81,10 @@ fn out_of_range_values_name_the_key() {
         (
             "[daemon.correction]\nadabn_min_sites = 100\nadabn_sample_sites = 10",
             "daemon.correction.adabn_sample_sites must be >= 100, got 10 (daemon.correction.adabn_min_sites)",
+        ),
+        (
+            "[daemon.assemble]\nfield_size = [0, 512]",
+            "daemon.assemble.field_size is 0x512: height and width must be at least 1 pixel",
         ),
         (
             "[daemon.commit]\nmax_interval = \"1m\"",

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 /// Files the watch stage reported, once per path.
 pub const FILES_SEEN: &str = "bfx_files_seen_total";
-/// Files refused, by `reason` (naming, channel, unreadable, duplicate, pinned_bundle).
+/// Files refused, by `reason` (naming, channel, unreadable, duplicate, pinned_bundle, incomplete_site, bad_site, field_size).
 pub const FILES_REJECTED: &str = "bfx_files_rejected_total";
 /// Files not used on purpose, by `reason` (already_stored, not_acquired, vanished).
 pub const FILES_SKIPPED: &str = "bfx_files_skipped_total";

@@ -6,17 +6,7 @@
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{PLATES, SITES, acquisition, bundle, free_port, get, start, write_tiff};
-
-/// Sum of every sample of metric `name` whose labels contain `filter`.
-fn sum(metrics: &str, name: &str, filter: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(filter))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
+use common::{PLATES, SITES, acquisition, bundle, free_port, get, start, sum, write_tiff};
 
 #[test]
 fn counters_add_up_during_a_replay() {

@@ -33,6 +33,8 @@ pub struct AssembleConfig {
     pub quiet_period: Duration,
     /// Sites of each plate already in the store (they count toward `expected_sites`).
     pub committed: HashMap<String, u64>,
+    /// `[height, width]` every site's fields must have, when set.
+    pub field_size: Option<[u32; 2]>,
 }
 
 struct Partial {
@@ -199,7 +201,16 @@ fn accept(
     if let Some(site) = complete {
         metrics::counter!(telemetry::SITES_ASSEMBLED).increment(1);
         plate.sites += 1;
-        out.push(SiteMsg::Site(site));
+        match wrong_field_size(config.field_size, &site) {
+            // Counted toward the plate's expected sites all the same: it was acquired.
+            Some(reason) => {
+                metrics::counter!(telemetry::SITES_REJECTED).increment(1);
+                metrics::counter!(telemetry::FILES_REJECTED, "reason" => "field_size")
+                    .increment(site.files.len() as u64);
+                journal.record(Event::Rejected, &key.to_string(), &reason);
+            }
+            None => out.push(SiteMsg::Site(site)),
+        }
         let expected = config
             .layout
             .as_ref()
@@ -215,4 +226,19 @@ fn accept(
             out.push(SiteMsg::Close(key.plate.clone()));
         }
     }
+}
+
+/// Why `site` does not have the configured field size, if it does not.
+fn wrong_field_size(expected: Option<[u32; 2]>, site: &CompleteSite) -> Option<String> {
+    let [height, width] = expected?;
+    site.files.iter().find_map(|(path, planes)| {
+        let plane = planes.iter().find(|p| (p.height, p.width) != (height, width))?;
+        Some(format!(
+            "{}: the field is {}x{} pixels (height x width), but daemon.assemble.field_size is [{height}, {width}]: \
+             the model was trained on fields of that size (another camera binning or objective?)",
+            path.display(),
+            plane.height,
+            plane.width
+        ))
+    })
 }

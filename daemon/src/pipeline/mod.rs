@@ -327,6 +327,7 @@ pub async fn run_reloading(
         channels,
         multi_page,
         site_timeout: config.assemble.site_timeout,
+        field_size: config.assemble.field_size,
         expected_sites: config.plate.expected_sites,
         layout: config
             .plate

@@ -22,7 +22,7 @@ use crate::telemetry;
 pub struct ReadyConfig {
     /// Stable this long before a file is read.
     pub settle: Duration,
-    /// Unreadable files are retried this long.
+    /// Unreadable files are retried this long after their last change.
     pub read_deadline: Duration,
     /// File names.
     pub naming: NamingScheme,
@@ -155,11 +155,28 @@ async fn check(
     let now = Instant::now();
     let meta = match std::fs::metadata(&path) {
         Ok(m) => m,
-        Err(e) => {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             // Vanished (renamed by the instrument, or deleted): nothing to use.
             tracing::debug!(path = %path.display(), error = %e, "file gone before it was read");
             skipped("vanished");
             candidates.remove(&path);
+            return None;
+        }
+        Err(e) => {
+            // There but not statable (a symlink loop, a folder without
+            // search permission): waiting does not change that.
+            if candidates.get(&path).is_some_and(|c| c.len == u64::MAX) {
+                metrics::counter!(telemetry::FILES_SEEN).increment(1);
+            }
+            rejected("unreadable");
+            quarantine(
+                &config.quarantine,
+                journal,
+                &path,
+                &format!("cannot look at the file: {e}"),
+            );
+            candidates.remove(&path);
+            done.insert(path);
             return None;
         }
     };
@@ -271,7 +288,9 @@ async fn check(
         }
         Err(reason) => {
             let c = candidates.get_mut(&path)?;
-            if now.duration_since(c.first_seen) >= config.read_deadline {
+            // From the last change, not the first sight: a slow writer
+            // that pauses longer than the settle interval is not done.
+            if now.duration_since(c.stable_since) >= config.read_deadline {
                 rejected("unreadable");
                 quarantine(&config.quarantine, journal, &path, &reason);
                 finish(candidates, done);

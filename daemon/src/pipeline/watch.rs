@@ -10,7 +10,7 @@ use bfx_config::daemon::{WatchConfig, WatchMode};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 
-/// Every file below `root` (hidden files and folders skipped), sorted.
+/// Every file and symbolic link below `root` (hidden files and folders skipped), sorted.
 pub fn scan(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut dirs = vec![root.to_owned()];
@@ -26,7 +26,10 @@ pub fn scan(root: &Path) -> Vec<PathBuf> {
             }
             match entry.file_type() {
                 Ok(t) if t.is_dir() => dirs.push(path),
-                Ok(t) if t.is_file() => out.push(path),
+                // Links are not followed into folders (no cycles); the
+                // ready stage decides what a link to a file, or a broken
+                // or looping link, is.
+                Ok(t) if t.is_file() || t.is_symlink() => out.push(path),
                 _ => {}
             }
         }

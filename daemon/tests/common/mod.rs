@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod corpus;
+
 use std::collections::HashMap;
 use std::io::{Cursor, Read, Write};
 use std::path::{Path, PathBuf};
@@ -136,7 +138,31 @@ pub fn acquisition(dir: &Path) -> PathBuf {
 }
 
 pub fn start(config: &Path) -> Daemon {
-    let child = Command::new(env!("CARGO_BIN_EXE_bfx-daemon"))
+    spawn(Command::new(env!("CARGO_BIN_EXE_bfx-daemon")), config)
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // /proc/self belongs to the process's effective user.
+    std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").expect("/proc/self")) == 0
+}
+
+/// Start the daemon as user and group `nobody` (65534) when the tests run
+/// as root (CI does), as the systemd unit runs it as `bfx`: root would
+/// read files without read permission. Everything it writes must be in a
+/// folder `nobody` may write.
+pub fn start_unprivileged(config: &Path) -> Daemon {
+    if !is_root() {
+        return start(config);
+    }
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_bfx-daemon"));
+    spawn(cmd, config)
+}
+
+fn spawn(mut cmd: Command, config: &Path) -> Daemon {
+    let child = cmd
         .args(["run", "--config"])
         .arg(config)
         .stdout(Stdio::null())
@@ -147,7 +173,7 @@ pub fn start(config: &Path) -> Daemon {
             Stdio::null()
         })
         .spawn()
-        .expect("bfx-daemon starts");
+        .expect("bfx-daemon starts (setpriv, from util-linux, when run as root)");
     Daemon { child }
 }
 
@@ -240,4 +266,15 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port()
+}
+
+/// Sum of every sample of metric `name` whose labels contain `filter`
+/// (e.g. `reason="unreadable"`; empty for all).
+pub fn sum(metrics: &str, name: &str, filter: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
