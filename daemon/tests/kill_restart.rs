@@ -1,5 +1,6 @@
 //! `bfx-daemon run` killed with SIGKILL (once stopped with SIGTERM, which
-//! must drain and exit 0) at several moments of a replay and restarted: at
+//! must drain and exit 0) at 20 random moments of a 2,000-site replay and
+//! restarted each time: at
 //! the end every site is in the store exactly once with the embedding the
 //! bundle gives it offline, the store loads with anndata after every stop,
 //! and a Python reader calling `anndata.read_zarr` in a loop through all
@@ -17,7 +18,12 @@ use bfx_core::image::ReadOptions;
 use bfx_daemon::engine::Engine;
 
 mod common;
-use common::{PLATES, SITES, acquisition, bundle, committed_rows, noise, python, start};
+use common::{PLATES, acquisition_of, bundle, committed_rows, noise, python, start};
+
+/// Sites per plate: 2,000 in all.
+const SITES: u32 = 1000;
+/// Stops during the replay (one of them SIGTERM).
+const STOPS: usize = 20;
 
 const LOADS: &str = r#"
 import sys, os, anndata
@@ -65,7 +71,7 @@ fn committed(store: &Path) -> u64 {
 fn kill_9_and_restart_lose_and_duplicate_nothing() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let bundle_dir = bundle(tmp.path());
-    let source = acquisition(tmp.path());
+    let source = acquisition_of(tmp.path(), &PLATES, SITES);
     let incoming = tmp.path().join("incoming");
     std::fs::create_dir_all(&incoming).expect("watch root");
     let config = tmp.path().join("daemon.toml");
@@ -93,14 +99,16 @@ fn kill_9_and_restart_lose_and_duplicate_nothing() {
     let replay = {
         let (source, incoming) = (source.clone(), incoming.clone());
         std::thread::spawn(move || {
-            bfx_daemon::replay::replay(&source, &incoming, 40.0, |_, _| {}).expect("replay")
+            // 4,000 files at 50 per second (80 s): the stops fall within it.
+            bfx_daemon::replay::replay(&source, &incoming, 50.0, |_, _| {}).expect("replay")
         })
     };
     let mut daemon = start(&config);
     let mut next = noise(3);
-    for kill in 0..6 {
-        std::thread::sleep(Duration::from_millis(300 + (next() * 900.0) as u64));
-        if kill == 2 {
+    let mut during_replay = 0;
+    for kill in 0..STOPS {
+        std::thread::sleep(Duration::from_millis(300 + (next() * 1500.0) as u64));
+        if kill == 7 {
             // One graceful stop among the kills: it drains, commits and exits 0.
             let status = daemon.terminate(Duration::from_secs(30));
             assert!(status.is_some_and(|s| s.success()), "SIGTERM: {status:?}");
@@ -119,7 +127,13 @@ fn kill_9_and_restart_lose_and_duplicate_nothing() {
             String::from_utf8_lossy(&out.stderr)
         );
         daemon = start(&config);
+        during_replay += usize::from(!replay.is_finished());
     }
+    eprintln!("{during_replay} of {STOPS} stops while the replay ran");
+    assert!(
+        during_replay >= STOPS * 3 / 4,
+        "{during_replay} of {STOPS} stops while the replay ran"
+    );
     replay.join().expect("replay thread");
     let total = u64::from(SITES) * PLATES.len() as u64;
     let deadline = Instant::now() + Duration::from_secs(120);

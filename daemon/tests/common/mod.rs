@@ -117,19 +117,33 @@ pub fn bundle_named(dir: &Path, name: &str, seed: u64) -> PathBuf {
 
 /// ImageXpress-named 16-bit TIFFs: every site of every plate, each channel.
 pub fn acquisition(dir: &Path) -> PathBuf {
+    acquisition_of(dir, &PLATES, SITES)
+}
+
+/// ImageXpress name of site `s` (0-based) of `plate`: wells of a 96-well
+/// plate in order, then the next site of every well.
+pub fn site_file(plate: &str, s: u32, channel: &str) -> String {
+    let well = s % 96;
+    format!(
+        "{plate}_{}{:02}_s{}_{channel}.tif",
+        (b'A' + (well / 12) as u8) as char,
+        well % 12 + 1,
+        s / 96 + 1
+    )
+}
+
+/// `sites` sites of each of `plates`, 40x40 noise per channel, in
+/// `dir/acquisition/<plate>/`.
+pub fn acquisition_of(dir: &Path, plates: &[&str], sites: u32) -> PathBuf {
     let root = dir.join("acquisition");
-    for (p, plate) in PLATES.iter().enumerate() {
-        for s in 0..SITES {
+    for (p, plate) in plates.iter().enumerate() {
+        for s in 0..sites {
             for (c, channel) in CHANNELS.iter().enumerate() {
-                let well = format!("{}{:02}", (b'A' + (s / 12) as u8) as char, s % 12 + 1);
-                let path = root
-                    .join(plate)
-                    .join(format!("{plate}_{well}_s1_{channel}.tif"));
                 write_tiff(
-                    &path,
+                    &root.join(plate).join(site_file(plate, s, channel)),
                     40,
                     40,
-                    ((p as u64 * 1000 + u64::from(s)) << 2) + c as u64,
+                    ((p as u64 * 100_000 + u64::from(s)) << 2) + c as u64,
                 );
             }
         }
@@ -209,6 +223,11 @@ impl Daemon {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         None
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether it is still running.
