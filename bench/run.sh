@@ -57,6 +57,7 @@ def merged(i):
     return row
 rows = [merged(i) for i in range(per_round)]
 print("# Performance\n")
+print("Training speed; the daemon's throughput, latency and memory are in [performance-daemon.md](performance-daemon.md) (`bench/daemon.sh`).\n")
 print(f"Made by `bench/run.sh`; do not edit by hand. Each time is the median over {rounds} rounds of the median")
 print(f"of {steps} timed steps after 2 warm-up steps; in every round, for each network, Candle's own ops (before),")
 print(f"bfx's kernels (after) and PyTorch run one after the other, {threads} threads each, on {os.cpu_count()} CPUs ({platform.machine()}).")

@@ -28,13 +28,13 @@ fn chmod_tree(path: &Path, dir_mode: u32, file_mode: u32) {
     }
 }
 
-fn config(dir: &Path, port: u16, max_rows: usize) -> std::path::PathBuf {
+fn config(dir: &Path, port: u16, max_rows: usize, poll: &str) -> std::path::PathBuf {
     let path = dir.join("daemon.toml");
     std::fs::write(
         &path,
         format!(
             "[daemon]\nbundle = \"bundle\"\nstore = \"out.zarr\"\n[daemon.naming]\npreset = \"imagexpress\"\n\
-             [daemon.watch]\nroots = [\"incoming\"]\npoll_interval = \"300ms\"\nsettle = \"200ms\"\n\
+             [daemon.watch]\nroots = [\"incoming\"]\npoll_interval = \"{poll}\"\nsettle = \"200ms\"\n\
              [daemon.batch]\nmax_size = 16\nmax_delay = \"200ms\"\n\
              [daemon.commit]\nmax_rows = {max_rows}\nmax_interval = \"300ms\"\n\
              [daemon.http]\nlisten = \"127.0.0.1:{port}\"\n"
@@ -106,7 +106,7 @@ fn an_unwritable_store_keeps_sites_pending_until_it_is_writable_again() {
     bundle(tmp.path());
     let source = acquisition(tmp.path());
     let port = free_port();
-    let config = config(tmp.path(), port, 16);
+    let config = config(tmp.path(), port, 16, "300ms");
     let store = tmp.path().join("out.zarr");
     let mut daemon = start_unprivileged(&config);
     let incoming = tmp.path().join("incoming");
@@ -223,7 +223,9 @@ fn a_burst_of_20000_files_is_embedded_once_in_bounded_memory() {
         }
     }
     let port = free_port();
-    let config = config(tmp.path(), port, 256);
+    // No rescans: the folder's move is an event, and its files must be
+    // found from it.
+    let config = config(tmp.path(), port, 256, "1h");
     let mut daemon = start_unprivileged(&config);
     wait_until(&mut daemon, "ready", Duration::from_secs(60), || {
         get(port, "/readyz").map(|r| r.0) == Some(200)

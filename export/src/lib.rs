@@ -12,6 +12,7 @@
 pub mod classifier;
 pub mod generator;
 pub mod graph;
+pub mod seeded;
 pub mod weights;
 pub mod write;
 

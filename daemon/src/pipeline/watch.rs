@@ -52,9 +52,19 @@ pub async fn run(
                 && (event.kind.is_create() || event.kind.is_modify())
             {
                 for path in event.paths {
-                    // notify calls back on its own thread, outside the runtime.
-                    if events.blocking_send(path).is_err() {
-                        return;
+                    // A folder moved in whole (instruments often write a
+                    // plate elsewhere, then move it) brings files that
+                    // raise no events of their own.
+                    let found = if path.is_dir() {
+                        scan(&path)
+                    } else {
+                        vec![path]
+                    };
+                    for path in found {
+                        // notify calls back on its own thread, outside the runtime.
+                        if events.blocking_send(path).is_err() {
+                            return;
+                        }
                     }
                 }
             }

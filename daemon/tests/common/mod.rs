@@ -6,16 +6,12 @@
 
 pub mod corpus;
 
-use std::collections::HashMap;
 use std::io::{Cursor, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use bfx_core::arch::{EmbedHead, ModelSpec, ResNetSpec};
-use bfx_core::bundle::Provenance;
 use bfx_core::preprocess::{Geometry, Normalization, PreprocessSpec};
-use bfx_export::weights::Weights;
-use bfx_export::{ClassifierExport, write_classifier_bundle};
 
 /// Plates of the acquisition.
 pub const PLATES: [&str; 2] = ["KP1", "KP2"];
@@ -38,14 +34,7 @@ pub fn python() -> PathBuf {
 
 /// splitmix64 in [0, 1).
 pub fn noise(seed: u64) -> impl FnMut() -> f32 {
-    let mut state = seed;
-    move || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
-    }
+    bfx_export::seeded::uniform(seed)
 }
 
 /// The test bundle in `dir/bundle`.
@@ -62,56 +51,17 @@ pub fn bundle_named(dir: &Path, name: &str, seed: u64) -> PathBuf {
         embedding_dim: 8,
         classes: 3,
     };
-    let mut next = noise(seed);
-    let tensors: HashMap<String, (Vec<usize>, Vec<f32>)> = spec
-        .tensors()
-        .into_iter()
-        .map(|(name, shape)| {
-            let n: usize = shape.iter().product();
-            // Kaiming-uniform weights keep activations near unit scale
-            // through the network; norm layers near identity.
-            let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
-            let bound = (6.0 / fan_in as f32).sqrt();
-            let values = (0..n)
-                .map(|_| {
-                    let u = next();
-                    if name.ends_with("running_var")
-                        || (shape.len() == 1 && name.ends_with(".weight"))
-                    {
-                        0.75 + 0.5 * u
-                    } else if shape.len() == 1 {
-                        0.2 * (u - 0.5)
-                    } else {
-                        bound * (2.0 * u - 1.0)
-                    }
-                })
-                .collect();
-            (name, (shape, values))
-        })
-        .collect();
-    let out = dir.join(name);
-    write_classifier_bundle(
-        &ClassifierExport {
-            method: "erm".into(),
-            spec,
-            weights: Weights::from_tensors(Path::new("seeded"), tensors),
-            preprocess: PreprocessSpec {
-                channels: CHANNELS.iter().map(|c| c.to_string()).collect(),
-                normalization: Normalization::SelfStandardize { eps: 1e-6 },
-                geometry: Geometry::Resize {
-                    height: 32,
-                    width: 32,
-                },
-            },
-            class_names: vec!["a".into(), "b".into(), "c".into()],
-            provenance: Provenance::default(),
-            metrics: Default::default(),
-            ist: None,
+    let preprocess = PreprocessSpec {
+        channels: CHANNELS.iter().map(|c| c.to_string()).collect(),
+        normalization: Normalization::SelfStandardize { eps: 1e-6 },
+        geometry: Geometry::Resize {
+            height: 32,
+            width: 32,
         },
-        &out,
-        false,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    };
+    let out = dir.join(name);
+    bfx_export::seeded::write_seeded_bundle(spec, preprocess, seed, &out)
+        .unwrap_or_else(|e| panic!("{e}"));
     out
 }
 

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# The daemon's benchmarks, side by side in one run; writes
+# docs/performance-daemon.md.
+#
+# - Throughput: SITES sites of the grid-like synthetic screen (hard-linked
+#   copies of its plates) appear at once in the daemon's empty folder; its
+#   sites/s from file ready to committed row (between 10% and 90% committed)
+#   against ONNX Runtime's session.run alone on the same preprocessed
+#   tensors, model, batch size and threads, and against a straightforward
+#   Python pipeline (bench/python_pipeline.py: tifffile, onnxruntime,
+#   anndata). ROUNDS interleaved rounds, medians.
+# - Latency: p50/p99 of bfx_site_latency_seconds (a site's last file ready
+#   -> its row committed) at 1, 10 and 100 sites/s arrival, with the
+#   daemon's default batching (max_delay 2s) and commits (max_interval 5s).
+# - Memory: resident memory through a stream of STREAM sites replayed as
+#   fast as they can be written.
+#
+# The model is a seeded bundle in the demo's shape (ResNet18 width 16,
+# 4 channels of 64x64, embedding 64); batch 32, one intra-op thread.
+#
+# Usage: bench/daemon.sh [SITES] [STREAM] [ROUNDS]   (defaults 10000, 20000, 3;
+# about 15 minutes on 2 cores)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+sites=${1:-10000}
+stream=${2:-20000}
+rounds=${3:-3}
+batch=32
+threads=1
+work=.bfx-bench
+scripts/fetch-onnxruntime.sh
+venv=.venv-bench-daemon
+if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements-test.txt onnxruntime==1.31.1
+fi
+cargo build --release --locked -p bfx-daemon -p bfx-trainer -p bfx-bench
+bin=target/release
+mkdir -p "$work"
+[ -f "$work/screen/manifest.csv" ] || "$bin/bfx-trainer" synth --preset grid-like --seed 0 --out "$work/screen" >/dev/null
+"$bin/daemon-bench" bundle "$work/bundle"
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
+for round in $(seq "$rounds"); do
+    echo "==> round $round of $rounds: raw ONNX Runtime, the daemon, the Python pipeline ($sites sites)"
+    "$bin/daemon-bench" source "$work/screen" "$work/source" "$sites"
+    "$bin/daemon-bench" raw "$work/bundle" "$work/source.sites" $batch $threads 3 | tee -a "$results"
+    "$bin/daemon-bench" daemon "$bin/bfx-daemon" "$work/bundle" "$work/source" "$work/run" $batch $threads burst | tee -a "$results"
+    "$venv/bin/python" bench/python_pipeline.py "$work/bundle" "$work/source.sites" "$work/python.zarr" $batch $threads | tee -a "$results"
+done
+# Enough sites for a p99 at each rate: 2 minutes at 1/s, a minute at 10/s.
+for rate_sites in 1:120 10:600 100:2000; do
+    rate=${rate_sites%:*}
+    echo "==> latency at $rate sites/s"
+    "$bin/daemon-bench" source "$work/screen" "$work/source" "${rate_sites#*:}"
+    "$bin/daemon-bench" daemon "$bin/bfx-daemon" "$work/bundle" "$work/source" "$work/run" $batch $threads "$rate" | tee -a "$results"
+done
+echo "==> memory through a stream of $stream sites"
+"$bin/daemon-bench" source "$work/screen" "$work/source" "$stream"
+# Arrival 0: replayed as fast as the files can be written.
+"$bin/daemon-bench" daemon "$bin/bfx-daemon" "$work/bundle" "$work/source" "$work/run" $batch $threads 0 | tee -a "$results"
+rm -rf "$work/run" "$work/source" "$work/python.zarr"
+
+"$venv/bin/python" - "$results" "$rounds" > docs/performance-daemon.md <<'PY'
+import json, os, platform, statistics, sys
+runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+rounds = int(sys.argv[2])
+def med(rows, key):
+    return statistics.median(r[key] for r in rows)
+raw = [r for r in runs if r["bench"] == "raw"]
+burst = [r for r in runs if r["bench"] == "daemon" and r["arrival"] == "burst"]
+python = [r for r in runs if r["bench"] == "python"]
+latency = [r for r in runs if r["bench"] == "daemon" and r["arrival"] not in ("burst", "0")]
+stream = [r for r in runs if r["bench"] == "daemon" and r["arrival"] == "0"]
+b = raw[0]
+print("# Daemon performance\n")
+print("Made by `bench/daemon.sh`; do not edit by hand. "
+      f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs. "
+      "Model: a seeded bundle in the demo's shape (ResNet18 width 16, 4 channels of 64x64, "
+      f"embedding 64), batch {b['batch']}, {b['threads']} intra-op thread(s); sites of the "
+      "`grid-like` synthetic screen (four 64x64 16-bit TIFFs each).\n")
+print("## Throughput\n")
+print(f"{b['sites']} sites appear at once in the daemon's empty folder; the daemon's rate is "
+      "measured between 10% and 90% of the rows committed (file ready -> committed row). "
+      "Raw is ONNX Runtime's `session.run` alone on the same preprocessed tensors; Python is "
+      "`bench/python_pipeline.py` (tifffile, numpy, onnxruntime, anndata) over the whole job. "
+      f"Medians of {rounds} interleaved rounds.\n")
+print("| pipeline | sites/s | vs raw ONNX Runtime |")
+print("|---|---|---|")
+r = med(raw, "sites_per_s")
+for name, rows in [("raw ONNX Runtime `session.run`", raw), ("bfx-daemon, end to end", burst),
+                   ("Python pipeline, end to end", python)]:
+    v = med(rows, "sites_per_s")
+    print(f"| {name} | {v:.0f} | {v / r:.2f}x |")
+print(f"\nbfx-daemon is {med(burst, 'sites_per_s') / med(python, 'sites_per_s'):.1f}x the Python pipeline's speed.\n")
+print("## Latency\n")
+print("From a site's last file being ready (stable for `watch.settle`) to its row being committed "
+      "(`bfx_site_latency_seconds`, quantiles interpolated within its buckets as PromQL's "
+      "`histogram_quantile`), with the default batching (`batch.max_delay` 2 s) and commits "
+      "(`commit.max_interval` 5 s): at low rates a site waits for its batch to fill or time out, "
+      "then for the next commit.\n")
+print("| arrival (sites/s) | sites | p50 (s) | p99 (s) |")
+print("|---|---|---|---|")
+for l in latency:
+    print(f"| {l['arrival']} | {l['sites']} | {l['latency_p50_s']:.2f} | {l['latency_p99_s']:.2f} |")
+print("\n## Memory\n")
+s = stream[0]
+print(f"{s['sites']} sites replayed into the folder as fast as they can be written "
+      f"({s['sites_per_s']:.0f} sites/s committed); resident memory of the daemon when a share of "
+      "the rows was committed.\n")
+print("| idle | 25% | 50% | 75% | 100% | peak |")
+print("|---|---|---|---|---|---|")
+print(f"| {s['rss_idle_mib']:.0f} MiB | {s['rss_quarter_mib']:.0f} MiB | {s['rss_half_mib']:.0f} MiB | "
+      f"{s['rss_three_quarters_mib']:.0f} MiB | {s['rss_end_mib']:.0f} MiB | {s['peak_rss_mib']:.0f} MiB |")
+grow = s["rss_end_mib"] - s["rss_half_mib"]
+print(f"\nFrom half to all of the stream resident memory changed by {grow:+.0f} MiB.")
+PY
+echo "wrote docs/performance-daemon.md"
+cat docs/performance-daemon.md
