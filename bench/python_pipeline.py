@@ -23,6 +23,8 @@ import tifffile
 
 
 def main():
+    # Zarr v3, as the daemon writes.
+    anndata.settings.zarr_write_format = 3
     bundle, sites_list, out, batch, threads = sys.argv[1:6]
     batch, threads = int(batch), int(threads)
     manifest = json.load(open(os.path.join(bundle, "manifest.json")))
