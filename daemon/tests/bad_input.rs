@@ -5,19 +5,10 @@
 //! while the good sites around them are embedded.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{bundle, start, write_tiff};
-
-fn events(journal: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(journal)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
+use common::{bundle, events, start, write_tiff};
 
 #[test]
 fn bad_files_are_recorded_and_good_sites_still_embedded() {

@@ -5,21 +5,13 @@
 //! `/metrics`, and embeds every good site.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
 use common::corpus::{self, GOOD_WELLS, Outcome, PLATE};
-use common::{bundle, committed_rows, free_port, get, python, start_unprivileged, sum};
-
-fn events(journal: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(journal)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
+use common::{
+    bundle, committed_rows, events, free_port, get, python_json, start_unprivileged, sum,
+};
 
 fn about<'a>(events: &'a [serde_json::Value], subject: &str) -> Vec<&'a serde_json::Value> {
     events
@@ -188,18 +180,7 @@ fn every_kind_of_bad_input_gets_its_outcome_and_good_sites_are_embedded() {
         "{odd_group}"
     );
     let groups = [store.join(PLATE), store.join(&odd_group)];
-    let out = Command::new(python())
-        .arg("-c")
-        .arg(READ)
-        .args(&groups)
-        .output()
-        .expect("python");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let read: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let read = python_json(READ, &groups);
     let plate = &read[groups[0].to_str().expect("UTF-8")];
     let index: Vec<&str> = plate["index"]
         .as_array()

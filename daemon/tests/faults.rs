@@ -5,13 +5,12 @@
 //! stays bounded, every site is stored once).
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
 use common::{
-    CHANNELS, Daemon, PLATES, SITES, acquisition, bundle, committed_rows, free_port, get, python,
-    start_unprivileged, sum, write_tiff,
+    CHANNELS, Daemon, PLATES, SITES, acquisition, bundle, committed_rows, free_port, get,
+    python_json, start_unprivileged, sum, write_tiff,
 };
 
 /// `chmod` every folder and file under `path` (and itself) to `dir_mode` / `file_mode`.
@@ -70,21 +69,11 @@ fn wait_until(daemon: &mut Daemon, what: &str, within: Duration, mut done: impl 
 
 /// Every plate's obs index, read by anndata.
 fn indexes(groups: &[std::path::PathBuf]) -> serde_json::Value {
-    let out = Command::new(python())
-        .arg("-c")
-        .arg(
-            "import sys, json, anndata\n\
-             print(json.dumps({g: list(anndata.read_zarr(g).obs_names) for g in sys.argv[1:]}))",
-        )
-        .args(groups)
-        .output()
-        .expect("python");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON")
+    python_json(
+        "import sys, json, anndata\n\
+         print(json.dumps({g: list(anndata.read_zarr(g).obs_names) for g in sys.argv[1:]}))",
+        groups,
+    )
 }
 
 fn assert_each_site_once(index: &serde_json::Value, sites: usize) {

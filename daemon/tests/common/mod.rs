@@ -32,6 +32,36 @@ pub fn python() -> PathBuf {
     path
 }
 
+/// Run `script` with the test Python and `args`; its standard output as JSON.
+pub fn python_json<I, S>(script: &str, args: I) -> serde_json::Value
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The records of the event journal `journal` (none while it is missing).
+pub fn events(journal: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(journal)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
 /// splitmix64 in [0, 1).
 pub fn noise(seed: u64) -> impl FnMut() -> f32 {
     bfx_export::seeded::uniform(seed)
