@@ -91,7 +91,9 @@ print("Made by `bench/daemon.sh`; do not edit by hand. "
       "`grid-like` synthetic screen (four 64x64 16-bit TIFFs each).\n")
 print("## Throughput\n")
 print(f"{b['sites']} sites appear at once in the daemon's empty folder; the daemon's rate is "
-      "measured between 10% and 90% of the rows committed (file ready -> committed row). "
+      "measured between 10% and 90% of the rows committed (file ready -> committed row), with "
+      "the default settings but `watch.settle` (200 ms) and commits of up to 256 rows (default 1,024; "
+      "smaller commits make the rate readable from the rows over time). "
       "Raw is ONNX Runtime's `session.run` alone on the same preprocessed tensors; Python is "
       "`bench/python_pipeline.py` (tifffile, numpy, onnxruntime, anndata) over the whole job. "
       f"Medians of {rounds} interleaved rounds.\n")

@@ -13,7 +13,8 @@
 #
 # usage: scripts/demo.sh [--method erm|abra|dann|mixstyle|scbd|ist]
 # BFX_DEMO_PRESET (default grid-like) and BFX_DEMO_STEPS change the screen
-# and the training length.
+# and the training length. IST trains three networks and restyles every
+# batch: it takes far longer than the others.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 demo=.bfx-demo
@@ -23,7 +24,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --method) method=${2:?--method needs a value}; shift 2 ;;
     --method=*) method=${1#--method=}; shift ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
