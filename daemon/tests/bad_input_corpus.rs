@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 mod common;
 use common::corpus::{self, GOOD_WELLS, Outcome, PLATE};
 use common::{
-    bundle, committed_rows, events, free_port, get, python_json, start_unprivileged, sum,
+    bundle, committed_rows, events, free_port, get, python_json, shared_tempdir,
+    start_unprivileged, sum,
 };
 
 fn about<'a>(events: &'a [serde_json::Value], subject: &str) -> Vec<&'a serde_json::Value> {
@@ -31,13 +32,8 @@ print(json.dumps(out))
 
 #[test]
 fn every_kind_of_bad_input_gets_its_outcome_and_good_sites_are_embedded() {
-    let tmp = tempfile::tempdir().expect("temp dir");
     // The daemon runs as `nobody` under root: it writes its store here.
-    std::fs::set_permissions(
-        tmp.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .expect("chmod");
+    let tmp = shared_tempdir();
     bundle(tmp.path());
     let plate_dir = tmp.path().join("incoming").join(PLATE);
     let cases = corpus::write(&plate_dir);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 mod common;
 use common::{
     CHANNELS, Daemon, PLATES, SITES, acquisition, bundle, committed_rows, free_port, get,
-    python_json, start_unprivileged, sum, write_tiff,
+    python_json, shared_tempdir, start_unprivileged, sum, write_tiff,
 };
 
 /// `chmod` every folder and file under `path` (and itself) to `dir_mode` / `file_mode`.
@@ -42,17 +42,6 @@ fn config(dir: &Path, port: u16, max_rows: usize, poll: &str) -> std::path::Path
     .expect("config");
     std::fs::create_dir_all(dir.join("incoming")).expect("watch root");
     path
-}
-
-/// A temporary folder the daemon, running as `nobody` under root, may write.
-fn shared_tempdir() -> tempfile::TempDir {
-    let tmp = tempfile::tempdir().expect("temp dir");
-    std::fs::set_permissions(
-        tmp.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .expect("chmod");
-    tmp
 }
 
 fn wait_until(daemon: &mut Daemon, what: &str, within: Duration, mut done: impl FnMut() -> bool) {

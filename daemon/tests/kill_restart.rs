@@ -18,7 +18,7 @@ use bfx_core::image::ReadOptions;
 use bfx_daemon::engine::Engine;
 
 mod common;
-use common::{PLATES, acquisition_of, bundle, committed_rows, noise, python, start};
+use common::{PLATES, acquisition_of, bundle, committed_rows, noise, python, python_json, start};
 
 /// Sites per plate: 2,000 in all.
 const SITES: u32 = 1000;
@@ -154,18 +154,7 @@ fn kill_9_and_restart_lose_and_duplicate_nothing() {
     assert_eq!(report["failures"], 0, "{report}");
     assert!(report["reads"].as_u64().expect("count") > 0, "{report}");
 
-    let out = Command::new(python())
-        .arg("-c")
-        .arg(FINAL)
-        .args(&groups)
-        .output()
-        .expect("python");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let all: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let all = python_json(FINAL, &groups);
     let bundle = Bundle::open(&bundle_dir).expect("bundle");
     let rt = bfx_daemon::runtime::init(None, Default::default()).expect("ONNX Runtime");
     let mut engine = Engine::load(rt, bundle.clone(), &Default::default()).expect("engine");

@@ -12,7 +12,7 @@ use bfx_daemon::engine::Engine;
 use bfx_daemon::model_input::site_array;
 
 mod common;
-use common::{bundle_named, committed_rows, python, start, write_tiff};
+use common::{bundle_named, committed_rows, python_json, start, write_tiff};
 
 /// Write site `well` of `plate`; its files.
 fn site(root: &Path, plate: &str, well: &str, seed: u64) -> Vec<PathBuf> {
@@ -37,18 +37,11 @@ fn wait_for(what: impl Fn() -> bool) {
 
 /// `(bundle sha256 in uns, last row's embedding)` of a plate group.
 fn plate(store: &Path, plate: &str) -> (String, Vec<f32>) {
-    let out = std::process::Command::new(python())
-        .arg("-c")
-        .arg("import sys, json, anndata\na = anndata.read_zarr(sys.argv[1])\nprint(json.dumps([str(a.uns['bundle_sha256']), a.X[-1].tolist()]))")
-        .arg(store.join(plate))
-        .output()
-        .expect("python");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let read = python_json(
+        "import sys, json, anndata\na = anndata.read_zarr(sys.argv[1])\nprint(json.dumps([str(a.uns['bundle_sha256']), a.X[-1].tolist()]))",
+        [store.join(plate)],
     );
-    serde_json::from_slice(&out.stdout).expect("JSON")
+    serde_json::from_value(read).expect("[sha256, row]")
 }
 
 fn offline(bundle: &Path, files: &[PathBuf]) -> Vec<f32> {

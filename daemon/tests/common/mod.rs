@@ -141,6 +141,18 @@ pub fn is_root() -> bool {
     std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").expect("/proc/self")) == 0
 }
 
+/// A temporary folder the daemon, run by [`start_unprivileged`] as
+/// `nobody` under root, may write its store in.
+pub fn shared_tempdir() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod");
+    tmp
+}
+
 /// Start the daemon as user and group `nobody` (65534) when the tests run
 /// as root (CI does), as the systemd unit runs it as `bfx`: root would
 /// read files without read permission. Everything it writes must be in a
