@@ -4,14 +4,15 @@
 //! quarantined (recorded, or moved with a note; never deleted). Files of
 //! sites already in the store are skipped without decoding.
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bfx_config::daemon::{QuarantineConfig, QuarantineMode};
-use bfx_core::image::{Pages, Plane, ReadOptions, read_image};
-use bfx_core::naming::{NamingError, NamingScheme};
+use bfx_core::image::{Pages, ReadOptions, read_image};
+use bfx_core::naming::{ImageKey, NamingError, NamingScheme};
 use tokio::sync::mpsc;
 
 use super::{FileEvent, ReadyFile};
@@ -47,7 +48,8 @@ struct Candidate {
     stable_since: Instant,
     first_seen: Instant,
     attempts: u32,
-    next_try: Instant,
+    /// When it is next looked at.
+    due: Instant,
 }
 
 fn skipped(reason: &'static str) {
@@ -101,6 +103,89 @@ pub fn quarantine(config: &QuarantineConfig, journal: &Journal, path: &Path, rea
     journal.record(Event::Quarantined, &subject, reason);
 }
 
+/// Files decoded per trip to the blocking pool: enough to make the trip
+/// cheap next to the decoding, few enough to hold little memory.
+const DECODE_FILES: usize = 32;
+/// Bytes of files decoded per trip (large images go a few at a time).
+const DECODE_BYTES: u64 = 64 << 20;
+
+/// What looking at a due candidate found.
+enum Look {
+    /// Not ready yet: look again then.
+    Later(Instant),
+    /// Finished without an event (skipped or refused).
+    Done,
+    /// Gone, or not a file: forgotten (seen again if it comes back).
+    Forget,
+    /// A plate completion marker.
+    Marker,
+    /// Stable and wanted: decode it.
+    Decode(ImageKey, SystemTime, u64),
+}
+
+/// The stage's state: files waiting to be ready, by the moment each is
+/// next looked at, so a file is `stat`ed when its settle interval ends
+/// rather than on every tick.
+struct Waiting {
+    candidates: HashMap<PathBuf, Candidate>,
+    due: BinaryHeap<Reverse<(Instant, PathBuf)>>,
+    done: HashSet<PathBuf>,
+}
+
+impl Waiting {
+    fn add(&mut self, path: PathBuf) {
+        if self.done.contains(&path) || self.candidates.contains_key(&path) {
+            return;
+        }
+        let now = Instant::now();
+        self.candidates.insert(
+            path.clone(),
+            Candidate {
+                len: u64::MAX,
+                modified: SystemTime::UNIX_EPOCH,
+                stable_since: now,
+                first_seen: now,
+                attempts: 0,
+                due: now,
+            },
+        );
+        self.due.push(Reverse((now, path)));
+    }
+
+    fn schedule(&mut self, path: &Path, at: Instant) {
+        if let Some(c) = self.candidates.get_mut(path) {
+            c.due = at;
+            self.due.push(Reverse((at, path.to_owned())));
+        }
+    }
+
+    fn finish(&mut self, path: &Path) {
+        self.candidates.remove(path);
+        self.done.insert(path.to_owned());
+    }
+
+    /// Candidates due by `now`, oldest first (so "the first file of a
+    /// channel" means the first to arrive).
+    fn take_due(&mut self, now: Instant) -> Vec<PathBuf> {
+        let mut due = Vec::new();
+        while let Some(Reverse((at, _))) = self.due.peek()
+            && *at <= now
+        {
+            // Just peeked, so there is an entry to pop.
+            let Reverse((at, path)) = self.due.pop().expect("peeked entry");
+            // Entries rescheduled since are stale.
+            if let Some(c) = self.candidates.get(&path)
+                && c.due == at
+            {
+                due.push((c.first_seen, path));
+            }
+        }
+        due.sort();
+        due.dedup();
+        due.into_iter().map(|(_, p)| p).collect()
+    }
+}
+
 /// Run until `rx` closes.
 pub async fn run(
     mut config: ReadyConfig,
@@ -108,84 +193,173 @@ pub async fn run(
     mut rx: mpsc::Receiver<PathBuf>,
     tx: mpsc::Sender<FileEvent>,
 ) {
-    let mut candidates: HashMap<PathBuf, Candidate> = HashMap::new();
-    let mut done: HashSet<PathBuf> = HashSet::new();
-    let tick = (config.settle / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
-    let mut interval = tokio::time::interval(tick);
+    let mut waiting = Waiting {
+        candidates: HashMap::new(),
+        due: BinaryHeap::new(),
+        done: HashSet::new(),
+    };
     loop {
+        let next = waiting.due.peek().map(|Reverse((at, _))| *at);
         tokio::select! {
             path = rx.recv() => match path {
-                Some(path) => {
-                    if !done.contains(&path) && !candidates.contains_key(&path) {
-                        let now = Instant::now();
-                        candidates.insert(path, Candidate {
-                            len: u64::MAX, modified: SystemTime::UNIX_EPOCH,
-                            stable_since: now, first_seen: now, attempts: 0, next_try: now,
-                        });
-                    }
-                }
+                Some(path) => waiting.add(path),
                 // Shutdown: files not yet ready are found again after a restart.
                 None => return,
             },
-            _ = interval.tick() => {
-                // Oldest first, so "the first file of a channel" means the first to arrive.
-                let mut due: Vec<(Instant, PathBuf)> = candidates.iter().map(|(p, c)| (c.first_seen, p.clone())).collect();
-                due.sort();
-                let due = due.into_iter().map(|(_, p)| p);
-                for path in due {
-                    if let Some(event) = check(&mut config, &journal, &mut candidates, &mut done, path).await
-                        && tx.send(event).await.is_err()
-                    {
-                        return;
+            _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now).into()), if next.is_some() => {
+                let now = Instant::now();
+                let mut decode: Vec<(PathBuf, ImageKey, SystemTime, u64)> = Vec::new();
+                for path in waiting.take_due(now) {
+                    match look(&mut config, &journal, &mut waiting, &path, now) {
+                        Look::Later(at) => waiting.schedule(&path, at),
+                        Look::Done => waiting.finish(&path),
+                        Look::Forget => {
+                            waiting.candidates.remove(&path);
+                        }
+                        Look::Marker => {
+                            // A marker closes its plate: the files ready before it go first.
+                            if !send_decoded(&config, &journal, &mut waiting, std::mem::take(&mut decode), &tx).await {
+                                return;
+                            }
+                            waiting.finish(&path);
+                            if tx.send(FileEvent::Marker(path)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Look::Decode(key, modified, len) => decode.push((path, key, modified, len)),
                     }
+                }
+                if !send_decoded(&config, &journal, &mut waiting, decode, &tx).await {
+                    return;
                 }
             }
         }
     }
 }
 
-/// Look at one candidate; an event when it is ready.
-async fn check(
+/// Decode `files` on the blocking pool, a few at a time, and send each
+/// that decodes; the others are retried or quarantined. False once the
+/// next stage is gone.
+async fn send_decoded(
+    config: &ReadyConfig,
+    journal: &Journal,
+    waiting: &mut Waiting,
+    files: Vec<(PathBuf, ImageKey, SystemTime, u64)>,
+    tx: &mpsc::Sender<FileEvent>,
+) -> bool {
+    let mut files = files.into_iter().peekable();
+    while files.peek().is_some() {
+        let mut chunk = Vec::new();
+        let mut bytes = 0;
+        while let Some(f) = files.next_if(|f| {
+            chunk.is_empty() || (chunk.len() < DECODE_FILES && bytes + f.3 <= DECODE_BYTES)
+        }) {
+            bytes += f.3;
+            chunk.push(f);
+        }
+        let read = config.read;
+        let paths: Vec<PathBuf> = chunk.iter().map(|f| f.0.clone()).collect();
+        let decoded = tokio::task::spawn_blocking(move || {
+            paths
+                .iter()
+                .map(|p| read_image(p, &read).map_err(|e| e.to_string()))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_else(|e| vec![Err(format!("decoder crashed: {e}")); chunk.len()]);
+        for ((path, key, modified, _), planes) in chunk.into_iter().zip(decoded) {
+            match planes {
+                Ok(planes) => {
+                    waiting.finish(&path);
+                    let event = FileEvent::Image(ReadyFile {
+                        path,
+                        key,
+                        planes,
+                        modified,
+                    });
+                    if tx.send(event).await.is_err() {
+                        return false;
+                    }
+                }
+                Err(reason) => unreadable(config, journal, waiting, &path, reason),
+            }
+        }
+    }
+    true
+}
+
+/// A stable file that did not decode: retried with backoff, quarantined
+/// once the read deadline has passed since its last change.
+fn unreadable(
+    config: &ReadyConfig,
+    journal: &Journal,
+    waiting: &mut Waiting,
+    path: &Path,
+    reason: String,
+) {
+    let now = Instant::now();
+    let Some(c) = waiting.candidates.get_mut(path) else {
+        return;
+    };
+    // From the last change, not the first sight: a slow writer that
+    // pauses longer than the settle interval is not done.
+    if now.duration_since(c.stable_since) >= config.read_deadline {
+        rejected("unreadable");
+        quarantine(&config.quarantine, journal, path, &reason);
+        waiting.finish(path);
+    } else {
+        c.attempts += 1;
+        let backoff =
+            config.settle.max(Duration::from_millis(100)) * 2u32.saturating_pow(c.attempts.min(8));
+        let at = now + backoff.min(Duration::from_secs(60));
+        tracing::debug!(path = %path.display(), %reason, attempts = c.attempts, "not readable yet; will retry");
+        waiting.schedule(path, at);
+    }
+}
+
+/// Look at one due candidate.
+fn look(
     config: &mut ReadyConfig,
     journal: &Journal,
-    candidates: &mut HashMap<PathBuf, Candidate>,
-    done: &mut HashSet<PathBuf>,
-    path: PathBuf,
-) -> Option<FileEvent> {
-    let now = Instant::now();
-    let meta = match std::fs::metadata(&path) {
+    waiting: &mut Waiting,
+    path: &Path,
+    now: Instant,
+) -> Look {
+    let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             // Vanished (renamed by the instrument, or deleted): nothing to use.
             tracing::debug!(path = %path.display(), error = %e, "file gone before it was read");
             skipped("vanished");
-            candidates.remove(&path);
-            return None;
+            return Look::Forget;
         }
         Err(e) => {
             // There but not statable (a symlink loop, a folder without
             // search permission): waiting does not change that.
-            if candidates.get(&path).is_some_and(|c| c.len == u64::MAX) {
+            if waiting
+                .candidates
+                .get(path)
+                .is_some_and(|c| c.len == u64::MAX)
+            {
                 metrics::counter!(telemetry::FILES_SEEN).increment(1);
             }
             rejected("unreadable");
             quarantine(
                 &config.quarantine,
                 journal,
-                &path,
+                path,
                 &format!("cannot look at the file: {e}"),
             );
-            candidates.remove(&path);
-            done.insert(path);
-            return None;
+            return Look::Done;
         }
     };
     if !meta.is_file() {
         // Folders (and anything else) come through events too; only files are images.
-        candidates.remove(&path);
-        return None;
+        return Look::Forget;
     }
-    let c = candidates.get_mut(&path)?;
+    let Some(c) = waiting.candidates.get_mut(path) else {
+        return Look::Forget;
+    };
     if c.len == u64::MAX {
         metrics::counter!(telemetry::FILES_SEEN).increment(1);
     }
@@ -194,15 +368,11 @@ async fn check(
         c.len = meta.len();
         c.modified = modified;
         c.stable_since = now;
-        return None;
+        return Look::Later(now + config.settle);
     }
-    if now.duration_since(c.stable_since) < config.settle || now < c.next_try {
-        return None;
+    if now.duration_since(c.stable_since) < config.settle {
+        return Look::Later(c.stable_since + config.settle);
     }
-    let finish = |candidates: &mut HashMap<PathBuf, Candidate>, done: &mut HashSet<PathBuf>| {
-        candidates.remove(&path);
-        done.insert(path.clone());
-    };
     if config
         .quarantine
         .dir
@@ -211,8 +381,7 @@ async fn check(
     {
         // The quarantine folder may sit under a watched root.
         skipped("quarantine_folder");
-        finish(candidates, done);
-        return None;
+        return Look::Done;
     }
     let name = path
         .file_name()
@@ -220,27 +389,23 @@ async fn check(
         .unwrap_or_default();
     if config.marker.as_ref().is_some_and(|m| m.is_match(&name)) {
         skipped("completion_marker");
-        finish(candidates, done);
-        return Some(FileEvent::Marker(path));
+        return Look::Marker;
     }
-    let key = match config.naming.parse(&path) {
+    let key = match config.naming.parse(path) {
         Ok(key) => key,
         Err(NamingError::NotAcquired { .. }) => {
             skipped("not_acquired");
-            finish(candidates, done);
-            return None;
+            return Look::Done;
         }
         Err(e) => {
             rejected("naming");
-            quarantine(&config.quarantine, journal, &path, &e.to_string());
-            finish(candidates, done);
-            return None;
+            quarantine(&config.quarantine, journal, path, &e.to_string());
+            return Look::Done;
         }
     };
     if config.committed.contains(&key.site.to_string()) {
         skipped("already_stored");
-        finish(candidates, done);
-        return None;
+        return Look::Done;
     }
     if let Some(sha) = config.pinned_elsewhere.get(&key.site.plate) {
         let reason = format!(
@@ -255,8 +420,7 @@ async fn check(
                 .pinned_elsewhere
                 .insert(key.site.plate.clone(), String::new());
         }
-        finish(candidates, done);
-        return None;
+        return Look::Done;
     }
     let multi_page = config.read.pages == Pages::All;
     if !multi_page && !config.channels.contains(&key.channel) {
@@ -265,43 +429,8 @@ async fn check(
             key.channel, config.channels
         );
         rejected("channel");
-        quarantine(&config.quarantine, journal, &path, &reason);
-        finish(candidates, done);
-        return None;
+        quarantine(&config.quarantine, journal, path, &reason);
+        return Look::Done;
     }
-    let read = config.read;
-    let file = path.clone();
-    let decoded = tokio::task::spawn_blocking(move || read_image(&file, &read)).await;
-    let planes: Result<Vec<Plane>, String> = match decoded {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(e) => Err(format!("decoder crashed: {e}")),
-    };
-    match planes {
-        Ok(planes) => {
-            finish(candidates, done);
-            Some(FileEvent::Image(ReadyFile {
-                path: path.clone(),
-                key,
-                planes,
-                modified,
-            }))
-        }
-        Err(reason) => {
-            let c = candidates.get_mut(&path)?;
-            // From the last change, not the first sight: a slow writer
-            // that pauses longer than the settle interval is not done.
-            if now.duration_since(c.stable_since) >= config.read_deadline {
-                rejected("unreadable");
-                quarantine(&config.quarantine, journal, &path, &reason);
-                finish(candidates, done);
-            } else {
-                c.attempts += 1;
-                let backoff = config.settle.max(Duration::from_millis(100))
-                    * 2u32.saturating_pow(c.attempts.min(8));
-                c.next_try = now + backoff.min(Duration::from_secs(60));
-                tracing::debug!(path = %path.display(), %reason, attempts = c.attempts, "not readable yet; will retry");
-            }
-            None
-        }
-    }
+    Look::Decode(key, modified, meta.len())
 }
