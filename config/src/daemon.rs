@@ -185,7 +185,8 @@ pub struct BatchConfig {
     /// A partial batch is flushed after waiting this long (default 2s).
     #[serde(with = "humantime_serde")]
     pub max_delay: Duration,
-    /// Capacity of each bounded queue between stages, in items (default 64).
+    /// Capacity of each bounded queue between stages, in items (default
+    /// 64); the queue of model inputs holds two batches whatever this says.
     pub queue_capacity: usize,
 }
 

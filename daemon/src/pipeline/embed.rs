@@ -1,5 +1,5 @@
-//! Stage 5, inference: preprocess every site with bfx-core (the function
-//! the trainer used) and embed batches in the configured correction mode.
+//! Stage 6, inference: embed batches of model inputs in the configured
+//! correction mode.
 //!
 //! AdaBN: until a plate has `min_sites` sites its rows are provisional,
 //! embedded with the statistics of what has arrived. Then the plate's
@@ -11,8 +11,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use bfx_core::bundle::CorrectionMode;
 use bfx_core::image::ReadOptions;
@@ -21,9 +20,9 @@ use bfx_core::preprocess::{PreprocessSpec, SiteFiles};
 use ndarray::{Array2, Array4};
 use tokio::sync::mpsc;
 
-use super::{BatchMsg, CompleteSite, SinkMsg};
+use super::SinkMsg;
+use super::prepare::{InputMsg, SiteInfo};
 use crate::engine::{Engine, EngineError, PlateStats};
-use crate::journal::{Event, Journal};
 use crate::model_input::to_array;
 use crate::store::{PlateInfo, Row, RowStatus};
 use crate::telemetry;
@@ -38,8 +37,6 @@ pub struct EmbedConfig {
     pub sample_sites: usize,
     /// IST: styles per image.
     pub ist_styles: usize,
-    /// Preprocessing from the bundle.
-    pub preprocess: PreprocessSpec,
 }
 
 /// A site embedded before its plate's statistics were final.
@@ -57,14 +54,6 @@ pub struct AdabnPlate {
     pub stats: Option<PlateStats>,
     /// Sites seen before that.
     pub early: Vec<Early>,
-}
-
-struct Input {
-    ready_at: Instant,
-    key: SiteKey,
-    paths: Vec<PathBuf>,
-    acquired: SystemTime,
-    input: Array4<f32>,
 }
 
 /// A stored site's model input again, from its files (restart of a provisional plate).
@@ -101,50 +90,57 @@ pub struct EmbedStage {
     pub plate_bundle: HashMap<String, String>,
     /// The bundle new plates start with.
     pub current: String,
-    /// The event record.
-    pub journal: Arc<Journal>,
     /// AdaBN plates (restored from the store at start-up).
     pub plates: HashMap<String, AdabnPlate>,
 }
 
 impl EmbedStage {
-    /// Run until `rx` closes. Inference blocks, so it runs in place of the
-    /// runtime worker (`block_in_place`) and other stages keep going.
-    pub async fn run(
+    /// Run until `rx` closes, on the calling thread. Inference blocks, so
+    /// the stage has an OS thread of its own ([`EmbedStage::spawn`]):
+    /// it never waits behind the runtime's tasks, and they never wait
+    /// behind a batch.
+    pub fn run(
         mut self,
-        mut rx: mpsc::Receiver<BatchMsg>,
+        mut rx: mpsc::Receiver<InputMsg>,
         mut reloads: mpsc::Receiver<Engine>,
         tx: mpsc::Sender<SinkMsg>,
     ) {
-        loop {
-            let msg = tokio::select! {
-                msg = rx.recv() => match msg {
-                    Some(msg) => msg,
-                    None => return,
-                },
-                Some(engine) = reloads.recv() => {
-                    self.current = engine.bundle().sha256.clone();
-                    tracing::info!(bundle = %self.current, "new plates use the reloaded bundle; open plates keep theirs");
-                    self.others.push(engine);
-                    continue;
+        while let Some(msg) = rx.blocking_recv() {
+            // A reload applies to plates that start after it; checking
+            // before each message is soon enough.
+            while let Ok(engine) = reloads.try_recv() {
+                self.current = engine.bundle().sha256.clone();
+                tracing::info!(bundle = %self.current, "new plates use the reloaded bundle; open plates keep theirs");
+                self.others.push(engine);
+            }
+            let out = match msg {
+                InputMsg::Batch(plate, sites, arrays) => {
+                    self.with_plate_engine(&plate, |s| s.batch(&plate, sites, arrays))
                 }
-            };
-            let out = tokio::task::block_in_place(|| match msg {
-                BatchMsg::Batch(plate, sites) => {
-                    self.with_plate_engine(&plate, |s| s.batch(&plate, sites))
-                }
-                BatchMsg::Close(plate) => {
+                InputMsg::Close(plate) => {
                     let mut out = self.with_plate_engine(&plate, |s| s.finalize(&plate));
                     out.push(SinkMsg::Close(plate));
                     out
                 }
-            });
+            };
             for m in out {
-                if tx.send(m).await.is_err() {
+                if tx.blocking_send(m).is_err() {
                     return;
                 }
             }
         }
+    }
+
+    /// [`EmbedStage::run`] on a thread of its own, named `bfx-inference`.
+    pub fn spawn(
+        self,
+        rx: mpsc::Receiver<InputMsg>,
+        reloads: mpsc::Receiver<Engine>,
+        tx: mpsc::Sender<SinkMsg>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("bfx-inference".into())
+            .spawn(move || self.run(rx, reloads, tx))
     }
 
     /// Run `f` with `self.engine` being the bundle `plate` started with
@@ -178,44 +174,18 @@ impl EmbedStage {
         Vec::new()
     }
 
-    fn batch(&mut self, plate: &str, sites: Vec<CompleteSite>) -> Vec<SinkMsg> {
+    fn batch(
+        &mut self,
+        plate: &str,
+        sites: Vec<SiteInfo>,
+        arrays: Vec<Array4<f32>>,
+    ) -> Vec<SinkMsg> {
         let started = Instant::now();
-        let inputs: Vec<Input> = sites
-            .into_iter()
-            .filter_map(|site| {
-                let planes: Vec<_> = site
-                    .files
-                    .iter()
-                    .flat_map(|(p, planes)| planes.iter().map(move |pl| (p.clone(), pl.clone())))
-                    .collect();
-                match self.config.preprocess.preprocess(&planes) {
-                    Ok(input) => Some(Input {
-                        paths: site.files.iter().map(|(p, _)| p.clone()).collect(),
-                        key: site.key,
-                        acquired: site.acquired,
-                        ready_at: site.ready_at,
-                        input: to_array(input),
-                    }),
-                    Err(e) => {
-                        metrics::counter!(telemetry::SITES_REJECTED).increment(1);
-                        metrics::counter!(telemetry::FILES_REJECTED, "reason" => "bad_site")
-                            .increment(site.files.len() as u64);
-                        self.journal
-                            .record(Event::Rejected, &site.key.to_string(), &e.to_string());
-                        None
-                    }
-                }
-            })
-            .collect();
-        if inputs.is_empty() {
-            return Vec::new();
-        }
-        let arrays: Vec<Array4<f32>> = inputs.iter().map(|i| i.input.clone()).collect();
         let mode = self.config.mode;
         let result = match mode {
-            CorrectionMode::Adabn => self.adabn(plate, &inputs, &arrays),
+            CorrectionMode::Adabn => self.adabn(plate, &sites, arrays),
             CorrectionMode::Ist => {
-                let keys: Vec<String> = inputs.iter().map(|i| i.key.to_string()).collect();
+                let keys: Vec<String> = sites.iter().map(|i| i.key.to_string()).collect();
                 self.engine
                     .embed_ist(&arrays, &keys, self.config.ist_styles)
                     .map(|e| (e, RowStatus::Final, Vec::new()))
@@ -230,9 +200,9 @@ impl EmbedStage {
             Err(e) => return self.fail(plate, e),
         };
         metrics::counter!(telemetry::BATCHES).increment(1);
-        metrics::histogram!(telemetry::BATCH_SIZE).record(inputs.len() as f64);
+        metrics::histogram!(telemetry::BATCH_SIZE).record(sites.len() as f64);
         metrics::histogram!(telemetry::INFERENCE_SECONDS).record(started.elapsed().as_secs_f64());
-        let rows = inputs
+        let rows = sites
             .into_iter()
             .zip(embeddings.rows())
             .map(|(i, e)| {
@@ -258,26 +228,30 @@ impl EmbedStage {
     fn adabn(
         &mut self,
         plate: &str,
-        inputs: &[Input],
-        arrays: &[Array4<f32>],
+        sites: &[SiteInfo],
+        arrays: Vec<Array4<f32>>,
     ) -> Result<(Array2<f32>, RowStatus, Vec<SinkMsg>), EngineError> {
         let state = self.plates.entry(plate.to_string()).or_default();
         if let Some(stats) = &state.stats {
             return Ok((
-                self.engine.embed_with(arrays, stats)?,
+                self.engine.embed_with(&arrays, stats)?,
                 RowStatus::Final,
                 Vec::new(),
             ));
         }
         let already = state.early.len();
-        state.early.extend(inputs.iter().map(|i| Early {
-            key: i.key.clone(),
-            input: i.input.clone(),
-        }));
+        state
+            .early
+            .extend(sites.iter().zip(arrays).map(|(i, input)| Early {
+                key: i.key.clone(),
+                input,
+            }));
+        let batch = already..state.early.len();
+        let arrays: Vec<Array4<f32>> = state.early[batch].iter().map(|e| e.input.clone()).collect();
         if state.early.len() >= self.config.min_sites {
             let stats = self.sample_stats(plate)?;
             let mut msgs = self.update_early(plate, &stats, already)?;
-            let embeddings = self.engine.embed_with(arrays, &stats)?;
+            let embeddings = self.engine.embed_with(&arrays, &stats)?;
             msgs.insert(0, SinkMsg::Stats(plate.to_string(), stats.flatten()));
             let state = self.plates.entry(plate.to_string()).or_default();
             state.early.clear();
@@ -287,7 +261,7 @@ impl EmbedStage {
         let early: Vec<Array4<f32>> = state.early.iter().map(|e| e.input.clone()).collect();
         let stats = self.engine.plate_stats(&early)?;
         Ok((
-            self.engine.embed_with(arrays, &stats)?,
+            self.engine.embed_with(&arrays, &stats)?,
             RowStatus::Provisional,
             Vec::new(),
         ))

@@ -1,7 +1,7 @@
 //! `bfx-daemon run`: the pipeline, one tokio task per stage joined by
 //! bounded channels, data flowing one way:
 //!
-//! watch -> ready -> assemble -> batch -> embed -> sink
+//! watch -> ready -> assemble -> batch -> prepare -> embed -> sink
 //!
 //! Shutdown stops the watch stage; each stage then drains what it holds
 //! into the next and ends when its input closes, so the sink commits
@@ -13,6 +13,7 @@ mod assemble;
 mod batch;
 mod embed;
 pub mod layout;
+mod prepare;
 mod ready;
 mod reload;
 mod service;
@@ -120,6 +121,9 @@ pub enum PipelineError {
     /// The store cannot be opened.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// The inference thread did not start.
+    #[error("cannot start the inference thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// What a run did.
@@ -245,7 +249,7 @@ pub async fn run_reloading(
     metrics::gauge!(telemetry::PROVIDER_INFO, "provider" => provider).set(1.0);
     let mode_name = crate::store::correction_name(mode);
     metrics::gauge!(telemetry::MODEL_INFO, "method" => bundle.manifest.method.clone(), "sha256" => bundle.sha256.clone(), "mode" => mode_name).set(1.0);
-    let store = tokio::task::block_in_place(|| {
+    let mut store = tokio::task::block_in_place(|| {
         Store::open(
             &config.store,
             bundle.manifest.embedding_dim,
@@ -263,9 +267,9 @@ pub async fn run_reloading(
     let mut per_plate = HashMap::new();
     let mut pinned_elsewhere = HashMap::new();
     for table in store.plates().values() {
-        committed.extend(table.rows.iter().map(|r| r.index.clone()));
+        committed.extend(table.index.keys().cloned());
         let plate = table.uns.get("plate").cloned().unwrap_or_default();
-        per_plate.insert(plate.clone(), table.rows.len() as u64);
+        per_plate.insert(plate.clone(), table.len() as u64);
         let sha = table.uns.get("bundle_sha256").cloned().unwrap_or_default();
         if !table.complete() && sha != bundle.sha256 {
             tracing::warn!(
@@ -281,6 +285,7 @@ pub async fn run_reloading(
     } else {
         HashMap::new()
     };
+    store.release_committed();
     let naming = NamingScheme::new(&config.naming)
         .map_err(|e| PipelineError::Config(format!("daemon.naming: {e}")))?;
     let marker = config
@@ -296,13 +301,17 @@ pub async fn run_reloading(
     let (files_tx, files_rx) = mpsc::channel(cap);
     let (sites_tx, sites_rx) = mpsc::channel(cap);
     let (batches_tx, batches_rx) = mpsc::channel(cap);
+    // Model inputs are the largest messages (a batch of float tensors);
+    // preparing one batch ahead keeps inference busy.
+    let (inputs_tx, inputs_rx) = mpsc::channel(2);
     let (rows_tx, rows_rx) = mpsc::channel(cap);
 
     let queues: Vec<(&'static str, service::QueueProbe)> = vec![
         ("ready", service::probe(&paths_tx)),
         ("assemble", service::probe(&files_tx)),
         ("batch", service::probe(&sites_tx)),
-        ("embed", service::probe(&batches_tx)),
+        ("prepare", service::probe(&batches_tx)),
+        ("embed", service::probe(&inputs_tx)),
         ("sink", service::probe(&rows_tx)),
     ];
     tokio::spawn(service::health_loop(
@@ -346,6 +355,12 @@ pub async fn run_reloading(
         sites_rx,
         batches_tx,
     ));
+    tokio::spawn(prepare::run(
+        Arc::new(bundle.manifest.preprocess.clone()),
+        journal.clone(),
+        batches_rx,
+        inputs_tx,
+    ));
     let (reload_tx, reload_rx) = mpsc::channel(1);
     if let Some(path) = path {
         tokio::spawn(reload::run(
@@ -375,13 +390,14 @@ pub async fn run_reloading(
             min_sites: config.correction.adabn_min_sites,
             sample_sites: config.correction.adabn_sample_sites,
             ist_styles: config.correction.ist_styles,
-            preprocess: bundle.manifest.preprocess.clone(),
         },
         engine,
-        journal: journal.clone(),
         plates: adabn,
     };
-    tokio::spawn(stage.run(batches_rx, reload_rx, rows_tx));
+    // Not joined: the thread ends when its input closes, before the sink's does.
+    stage
+        .spawn(inputs_rx, reload_rx, rows_tx)
+        .map_err(PipelineError::Thread)?;
     let sink = sink::Sink {
         store,
         commit: config.commit.clone(),
