@@ -101,7 +101,9 @@ impl Sink {
             if !table.complete() {
                 open += 1;
             }
-            for row in &table.rows[..table.committed] {
+            // Released rows are committed and final.
+            fin += table.released as u64;
+            for row in &table.rows[..table.committed - table.released] {
                 match row.status {
                     RowStatus::Provisional => provisional += 1,
                     RowStatus::Final => fin += 1,

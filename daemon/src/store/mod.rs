@@ -170,7 +170,7 @@ impl Store {
         // commit point again.
         let groups: Vec<String> = store.plates.keys().cloned().collect();
         for g in groups {
-            store.write_metadata(&g)?;
+            store.write_metadata(&g, true)?;
         }
         Ok(store)
     }
@@ -200,7 +200,7 @@ impl Store {
     pub fn pending(&self) -> usize {
         self.plates
             .values()
-            .map(|t| t.rows.len() - t.committed.min(t.rows.len()))
+            .map(|t| t.len() - t.committed.min(t.len()))
             .sum()
     }
 
@@ -237,7 +237,7 @@ impl Store {
         if table.index.contains_key(&stored.index) {
             return Err(StoreError::Duplicate(stored.index));
         }
-        let i = table.rows.len();
+        let i = table.len();
         table.index.insert(stored.index.clone(), i);
         table.rows.push(stored);
         table.touch(i);
@@ -260,7 +260,11 @@ impl Store {
             .index
             .get(&text)
             .ok_or_else(|| StoreError::Layout(format!("{text}: no such site in the store")))?;
-        let row = &mut table.rows[i];
+        let row = table.row_mut(i).ok_or_else(|| {
+            StoreError::Layout(format!(
+                "{text}: final and committed; it is not changed again"
+            ))
+        })?;
         row.embedding.clear();
         row.embedding.extend_from_slice(embedding);
         row.status = status;
@@ -319,11 +323,12 @@ impl Store {
 
     fn commit_plate(&mut self, g: &str) -> Result<usize, StoreError> {
         let table = &self.plates[g];
-        let n = table.rows.len() as u64;
+        let n = table.len() as u64;
         let (dim, r) = (self.dim as u64, self.chunk_rows);
         let first_write = table.committed == 0;
         let start = table.dirty_from.map_or(n, |d| (d as u64 / r) * r).min(n);
-        let rows = &table.rows[start as usize..];
+        // Released rows are final and in whole chunks before any changed row.
+        let rows = &table.rows[start as usize - table.released..];
         if start < n {
             let x: Vec<f32> = rows
                 .iter()
@@ -371,21 +376,45 @@ impl Store {
         }
         let written = (n - start) as usize;
         let table = self.plates.get_mut(g).expect("group listed above");
-        table.committed = table.rows.len();
+        table.committed = table.len();
         table.dirty_from = None;
         table.meta_dirty = false;
-        self.write_metadata(g)?;
+        self.write_metadata(g, first_write)?;
+        self.release(g);
         Ok(written)
     }
 
-    /// Every array's and subgroup's `zarr.json`, then the plate group's
-    /// with the consolidated metadata: the commit point.
-    fn write_metadata(&self, g: &str) -> Result<(), StoreError> {
+    /// Release the rows of `g` that no commit writes again.
+    fn release(&mut self, g: &str) {
+        let r = self.chunk_rows as usize;
+        if let Some(t) = self.plates.get_mut(g) {
+            t.release(r);
+        }
+    }
+
+    /// Release every plate's rows that no commit writes again (after
+    /// start-up, once provisional plates were read back).
+    pub fn release_committed(&mut self) {
+        let groups: Vec<String> = self.plates.keys().cloned().collect();
+        for g in groups {
+            self.release(&g);
+        }
+    }
+
+    /// The `zarr.json` of every array whose shape follows the rows (`all`:
+    /// of every array and subgroup), then the plate group's with the
+    /// consolidated metadata: the commit point. The others never change
+    /// once written, and every file written is a new inode (write, then
+    /// rename), which is most of a commit's cost.
+    fn write_metadata(&self, g: &str, all: bool) -> Result<(), StoreError> {
         let table = &self.plates[g];
         let n = table.committed as u64;
         let consolidated = layout::consolidated(n, self.dim as u64, self.chunk_rows, &UNS_KEYS)?;
         let dir = self.root.join(g);
         for (path, meta) in &consolidated {
+            if !all && path != "X" && !path.starts_with("obs/") {
+                continue;
+            }
             if meta["node_type"] == "group" {
                 let mut own = meta.clone();
                 if let Some(o) = own.as_object_mut() {

@@ -201,7 +201,10 @@ pub const UNS_KEYS: [&str; 7] = [
 pub struct PlateTable {
     /// Group name in the store (sanitized).
     pub group: String,
-    /// Every row, committed ones first.
+    /// Rows released from memory: committed, final, in chunks no commit
+    /// rewrites (a multiple of the chunk size). Only their index is kept.
+    pub released: usize,
+    /// The rows from `released` on, committed ones first.
     pub rows: Vec<StoredRow>,
     /// Rows readers can see.
     pub committed: usize,
@@ -220,6 +223,7 @@ impl PlateTable {
     pub fn new(group: String, uns: HashMap<String, String>) -> PlateTable {
         PlateTable {
             group,
+            released: 0,
             rows: Vec::new(),
             committed: 0,
             dirty_from: None,
@@ -227,6 +231,36 @@ impl PlateTable {
             meta_dirty: true,
             index: HashMap::new(),
         }
+    }
+
+    /// Rows in the plate, released ones included.
+    pub fn len(&self) -> usize {
+        self.released + self.rows.len()
+    }
+
+    /// Whether the plate has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Row `i`, unless released.
+    pub fn row_mut(&mut self, i: usize) -> Option<&mut StoredRow> {
+        i.checked_sub(self.released)
+            .and_then(|i| self.rows.get_mut(i))
+    }
+
+    /// Release the leading committed final rows of whole chunks of
+    /// `chunk_rows`: no commit writes them again (only provisional rows
+    /// are updated), so holding them would grow memory with every site.
+    pub fn release(&mut self, chunk_rows: usize) {
+        let committed = self.committed - self.released;
+        let finals = self.rows[..committed]
+            .iter()
+            .take_while(|r| r.status == RowStatus::Final)
+            .count();
+        let n = finals / chunk_rows * chunk_rows;
+        self.rows.drain(..n);
+        self.released += n;
     }
 
     /// Mark rows from `i` changed.

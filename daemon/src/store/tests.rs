@@ -100,6 +100,48 @@ fn a_site_is_stored_once() {
     assert!(store.stage(&wrong, &info()).is_err());
 }
 
+#[test]
+fn committed_final_chunks_leave_memory_but_not_the_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = Store::open(tmp.path(), DIM, 4).unwrap();
+    let final_row = |i| Row {
+        status: RowStatus::Final,
+        ..row("P1", i)
+    };
+    for i in 0..6 {
+        store.stage(&final_row(i), &info()).unwrap();
+    }
+    store.stage(&row("P1", 6), &info()).unwrap();
+    store.commit().unwrap();
+    // Rows 0..4 fill a chunk and are final; 4..7 share the partial chunk.
+    let table = store.plate("P1").unwrap();
+    assert_eq!((table.released, table.rows.len(), table.len()), (4, 3, 7));
+    let err = store.stage(&final_row(2), &info()).unwrap_err();
+    assert!(matches!(err, StoreError::Duplicate(_)), "{err}");
+    assert!(
+        store
+            .update(&row("P1", 1).key, &[0.0; 3], RowStatus::Final)
+            .is_err()
+    );
+    // A provisional row keeps its chunk in memory until it is final.
+    store
+        .update(&row("P1", 6).key, &[6.5; 3], RowStatus::Final)
+        .unwrap();
+    for i in 7..9 {
+        store.stage(&final_row(i), &info()).unwrap();
+    }
+    assert_eq!(store.commit().unwrap(), 5);
+    assert_eq!(store.plate("P1").unwrap().released, 8);
+    drop(store);
+
+    let store = Store::open(tmp.path(), DIM, 4).unwrap();
+    let back = rows(&store, "P1");
+    assert_eq!(back.len(), 9);
+    assert_eq!(back[2], StoredRow::new(&final_row(2)));
+    assert_eq!(back[6].embedding, vec![6.5; 3]);
+    assert_eq!(back[8], StoredRow::new(&final_row(8)));
+}
+
 fn copy(from: &Path, to: &Path) {
     std::fs::copy(from, to).unwrap();
 }
