@@ -5,9 +5,11 @@
 //! daemon-bench bundle OUT
 //!     a bundle of seeded weights in the demo's shape: ResNet18 width 16,
 //!     channels w1-w4, 64x64, embedding 64
-//! daemon-bench source SCREEN OUT SITES
-//!     OUT/<plate>/...: hard links to the screen's plates, renamed R<k><plate>,
-//!     until SITES sites; OUT.sites lists each site's files (w1;w2;w3;w4)
+//! daemon-bench source SCREEN OUT SITES [PLATE_SITES]
+//!     OUT/<plate>/...: SITES sites as hard links to the screen's files, in
+//!     plates P<k> of PLATE_SITES sites (wells of nine sites), or with
+//!     PLATE_SITES 0 (the default) as copies of the screen's own plates
+//!     renamed R<k><plate>; OUT.sites lists each site's files (w1;w2;w3;w4)
 //! daemon-bench raw BUNDLE SITES_LIST BATCH THREADS ROUNDS
 //!     ONNX Runtime's session.run alone over the preprocessed sites, in
 //!     batches of BATCH with THREADS intra-op threads: sites/s (median of ROUNDS)
@@ -44,7 +46,12 @@ fn main() -> anyhow::Result<()> {
     };
     match a(0)? {
         "bundle" => bundle(Path::new(a(1)?)),
-        "source" => source(Path::new(a(1)?), Path::new(a(2)?), n(3)?),
+        "source" => source(
+            Path::new(a(1)?),
+            Path::new(a(2)?),
+            n(3)?,
+            a(4).map_or(Ok(0), |_| n(4))?,
+        ),
         "raw" => raw(Path::new(a(1)?), Path::new(a(2)?), n(3)?, n(4)?, n(5)?),
         "daemon" => daemon(
             Path::new(a(1)?),
@@ -90,7 +97,11 @@ fn first_channel_files(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-fn source(screen: &Path, out: &Path, sites: usize) -> anyhow::Result<()> {
+/// `sites` sites from the screen's, as hard links under OUT: with
+/// `plate_sites` 0 as copies of the screen's own plates (renamed
+/// R<k><plate>), else as plates P<k> of `plate_sites` sites each, in wells
+/// A01, A02, ... of nine sites, like a 384-well plate imaged at 3x3 fields.
+fn source(screen: &Path, out: &Path, sites: usize, plate_sites: usize) -> anyhow::Result<()> {
     if out.exists() {
         std::fs::remove_dir_all(out).with_context(|| format!("{}", out.display()))?;
     }
@@ -100,34 +111,59 @@ fn source(screen: &Path, out: &Path, sites: usize) -> anyhow::Result<()> {
         .collect();
     plates.sort();
     anyhow::ensure!(!plates.is_empty(), "{}: no plate folders", screen.display());
+    // (plate folder name, the w1 file of each of its sites)
+    let screen_sites: Vec<(String, Vec<PathBuf>)> = plates
+        .iter()
+        .map(|p| {
+            let name = p
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            (name, first_channel_files(p))
+        })
+        .collect();
     let mut list = String::new();
     let mut count = 0;
+    let mut link = |w1: &Path, dir: &Path, name: &dyn Fn(&str) -> String| -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let mut paths = Vec::new();
+        for c in CHANNELS {
+            let file = w1
+                .to_string_lossy()
+                .replace("_w1.tif", &format!("_{c}.tif"));
+            let target = dir.join(name(c));
+            std::fs::hard_link(&file, &target)
+                .with_context(|| format!("link {file} -> {}", target.display()))?;
+            paths.push(target.display().to_string());
+        }
+        list.push_str(&paths.join(";"));
+        list.push('\n');
+        Ok(())
+    };
     'copies: for copy in 0.. {
-        for plate in &plates {
-            let name = plate.file_name().context("plate name")?.to_string_lossy();
-            let new = format!("R{copy}{name}");
-            let dir = out.join(&new);
-            std::fs::create_dir_all(&dir)?;
-            for w1 in first_channel_files(plate) {
+        for (name, w1s) in &screen_sites {
+            for w1 in w1s {
                 if count == sites {
                     break 'copies;
                 }
-                let mut paths = Vec::new();
-                for c in CHANNELS {
-                    let file = w1
-                        .to_string_lossy()
-                        .replace("_w1.tif", &format!("_{c}.tif"));
-                    let file_name = Path::new(&file)
-                        .file_name()
-                        .context("file")?
-                        .to_string_lossy();
-                    let target = dir.join(file_name.replacen(name.as_ref(), &new, 1));
-                    std::fs::hard_link(&file, &target)
-                        .with_context(|| format!("link {file} -> {}", target.display()))?;
-                    paths.push(target.display().to_string());
+                if let Some(plate) = count.checked_div(plate_sites) {
+                    let plate = format!("P{plate:02}");
+                    let i = count % plate_sites;
+                    let (well, site) = (i / 9, i % 9 + 1);
+                    let row = (b'A' + (well / 24 % 16) as u8) as char;
+                    let column = well % 24 + 1;
+                    link(w1, &out.join(&plate), &|c| {
+                        format!("{plate}_{row}{column:02}_s{site}_{c}.tif")
+                    })?;
+                } else {
+                    let new = format!("R{copy}{name}");
+                    let file = w1.file_name().context("file")?.to_string_lossy();
+                    link(w1, &out.join(&new), &|c| {
+                        file.replacen(name.as_str(), &new, 1)
+                            .replace("_w1.tif", &format!("_{c}.tif"))
+                    })?;
                 }
-                list.push_str(&paths.join(";"));
-                list.push('\n');
                 count += 1;
             }
         }
@@ -399,6 +435,9 @@ fn daemon(
             "sites_per_s": (n90 - n10) / (t90 - t10),
             "latency_p50_s": histogram_quantile(&metrics, latency, 0.5),
             "latency_p99_s": histogram_quantile(&metrics, latency, 0.99),
+            "commit_s": sample(&metrics, "bfx_commit_seconds_sum", ""),
+            "commits": sample(&metrics, "bfx_commit_seconds_count", ""),
+            "inference_s": sample(&metrics, "bfx_inference_seconds_sum", ""),
             "rss_idle_mib": idle_rss, "rss_quarter_mib": rss(0.25), "rss_half_mib": rss(0.5),
             "rss_three_quarters_mib": rss(0.75), "rss_end_mib": rss(1.0), "peak_rss_mib": peak,
         })
