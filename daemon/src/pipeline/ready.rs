@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bfx_config::daemon::{QuarantineConfig, QuarantineMode};
 use bfx_core::image::{Pages, ReadOptions, read_image};
 use bfx_core::naming::{ImageKey, NamingError, NamingScheme};
+use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::{FileEvent, ReadyFile};
@@ -129,12 +130,24 @@ enum Look {
 struct Waiting {
     candidates: HashMap<PathBuf, Candidate>,
     due: BinaryHeap<Reverse<(Instant, PathBuf)>>,
-    done: HashSet<PathBuf>,
+    /// Files already used or refused, by [`path_digest`].
+    done: HashSet<u128>,
+}
+
+/// A path's identity among the files already used: 128 bits of its
+/// sha256. A daemon that runs for weeks sees millions of files (and every
+/// rescan lists them again); a digest takes a fraction of a path's memory,
+/// and two paths share one with odds of about files² / 2^129.
+fn path_digest(path: &Path) -> u128 {
+    let digest = Sha256::digest(path.as_os_str().as_encoded_bytes());
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&digest[..16]);
+    u128::from_le_bytes(first)
 }
 
 impl Waiting {
     fn add(&mut self, path: PathBuf) {
-        if self.done.contains(&path) || self.candidates.contains_key(&path) {
+        if self.candidates.contains_key(&path) || self.done.contains(&path_digest(&path)) {
             return;
         }
         let now = Instant::now();
@@ -161,7 +174,7 @@ impl Waiting {
 
     fn finish(&mut self, path: &Path) {
         self.candidates.remove(path);
-        self.done.insert(path.to_owned());
+        self.done.insert(path_digest(path));
     }
 
     /// Candidates due by `now`, oldest first (so "the first file of a
