@@ -362,6 +362,7 @@ fn daemon(
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     plates.sort();
+    let plate_count = plates.len();
     let start = Instant::now();
     let feeder = if arrival == "burst" {
         for p in &plates {
@@ -430,7 +431,8 @@ fn daemon(
     println!(
         "{}",
         serde_json::json!({
-            "bench": "daemon", "arrival": arrival, "sites": sites, "batch": batch, "threads": threads,
+            "bench": "daemon", "arrival": arrival, "sites": sites, "plates": plate_count,
+            "batch": batch, "threads": threads,
             "seconds": trace.last().map(|t| t.0),
             "sites_per_s": (n90 - n10) / (t90 - t10),
             "latency_p50_s": histogram_quantile(&metrics, latency, 0.5),
