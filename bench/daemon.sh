@@ -146,6 +146,9 @@ print(f"| {s['rss_idle_mib']:.0f} MiB | {s['rss_quarter_mib']:.0f} MiB | {s['rss
       f"{s['rss_three_quarters_mib']:.0f} MiB | {s['rss_end_mib']:.0f} MiB | {s['peak_rss_mib']:.0f} MiB |")
 grow = s["rss_end_mib"] - s["rss_half_mib"]
 print(f"\nFrom half to all of the stream resident memory changed by {grow:+.0f} MiB.")
+print("\nWhat the daemon keeps per stored site: the store's index of site keys (to refuse a "
+      "site twice), the assemble stage's set of assembled sites, and a 128-bit digest of each "
+      "file used (so rescans skip them); rows of committed, final chunks leave memory.")
 PY
 echo "wrote docs/performance-daemon.md"
 cat docs/performance-daemon.md
