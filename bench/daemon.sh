@@ -118,6 +118,8 @@ for name, rows in [("raw ONNX Runtime `session.run`", raw), ("bfx-daemon, end to
     v = med(rows, "sites_per_s")
     commit = f"{med(rows, 'commit_s'):.1f}" if "commit_s" in rows[0] else ""
     print(f"| {name} | {v:.0f} | {v / r:.2f}x | {commit} |")
+rounds_text = ", ".join(f"{d['sites_per_s'] / w['sites_per_s']:.2f}x" for d, w in zip(burst, raw))
+print(f"\nbfx-daemon against raw ONNX Runtime round by round: {rounds_text}.")
 print("\nStore commits: seconds the daemon spent committing rows over the whole burst (every "
       "commit writes each changed plate's chunks and metadata through new files; a plate's first "
       "commit creates its whole group).")

@@ -1,4 +1,4 @@
-//! Stage 6, the Zarr sink: rows are staged and committed when
+//! Stage 7, the Zarr sink: rows are staged and committed when
 //! `max_rows` wait or `max_interval` has passed, a closing plate is
 //! marked complete, and the end of the input commits everything. A
 //! commit that fails (disk full, store unwritable) leaves the rows staged
