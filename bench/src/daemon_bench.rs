@@ -25,10 +25,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bfx_core::arch::{EmbedHead, ModelSpec, ResNetSpec};
 use bfx_core::bundle::Bundle;
 use bfx_core::image::ReadOptions;
-use bfx_core::preprocess::{Geometry, Normalization, PreprocessSpec};
 use ndarray::{Array4, Axis, concatenate};
 
 const CHANNELS: [&str; 4] = ["w1", "w2", "w3", "w4"];
@@ -67,21 +65,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn bundle(out: &Path) -> anyhow::Result<()> {
-    let spec = ModelSpec {
-        arch: "resnet18".into(),
-        encoder: ResNetSpec::resnet18(CHANNELS.len(), 16, false),
-        head: EmbedHead::Linear,
-        embedding_dim: 64,
-        classes: 8,
-    };
-    let preprocess = PreprocessSpec {
-        channels: CHANNELS.iter().map(|c| c.to_string()).collect(),
-        normalization: Normalization::SelfStandardize { eps: 1e-6 },
-        geometry: Geometry::Resize {
-            height: 64,
-            width: 64,
-        },
-    };
+    let (spec, preprocess) = bfx_export::seeded::resnet18_shape(&CHANNELS, 16, 64, 64, 8);
     if out.exists() {
         std::fs::remove_dir_all(out).with_context(|| format!("{}", out.display()))?;
     }

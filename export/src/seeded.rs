@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use bfx_core::arch::ModelSpec;
+use bfx_core::arch::{EmbedHead, ModelSpec, ResNetSpec};
 use bfx_core::bundle::Provenance;
-use bfx_core::preprocess::PreprocessSpec;
+use bfx_core::preprocess::{Geometry, Normalization, PreprocessSpec};
 
 use crate::weights::Weights;
 use crate::write::{ClassifierExport, write_classifier_bundle};
@@ -22,6 +22,35 @@ pub fn uniform(seed: u64) -> impl FnMut() -> f32 {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
     }
+}
+
+/// The shape of the seeded bundles the daemon's tests and benchmarks use:
+/// a ResNet18 of `width` with a linear head of `embedding_dim` and
+/// `classes`, over `channels` each standardized by itself and resized to
+/// `size` x `size`.
+pub fn resnet18_shape(
+    channels: &[&str],
+    width: usize,
+    size: u32,
+    embedding_dim: usize,
+    classes: usize,
+) -> (ModelSpec, PreprocessSpec) {
+    let spec = ModelSpec {
+        arch: "resnet18".into(),
+        encoder: ResNetSpec::resnet18(channels.len(), width, false),
+        head: EmbedHead::Linear,
+        embedding_dim,
+        classes,
+    };
+    let preprocess = PreprocessSpec {
+        channels: channels.iter().map(|c| c.to_string()).collect(),
+        normalization: Normalization::SelfStandardize { eps: 1e-6 },
+        geometry: Geometry::Resize {
+            height: size,
+            width: size,
+        },
+    };
+    (spec, preprocess)
 }
 
 /// Write an `erm` bundle of `spec` with weights drawn from `seed` to

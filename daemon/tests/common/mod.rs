@@ -10,9 +10,6 @@ use std::io::{Cursor, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use bfx_core::arch::{EmbedHead, ModelSpec, ResNetSpec};
-use bfx_core::preprocess::{Geometry, Normalization, PreprocessSpec};
-
 /// Plates of the acquisition.
 pub const PLATES: [&str; 2] = ["KP1", "KP2"];
 /// Sites per plate.
@@ -74,21 +71,7 @@ pub fn bundle(dir: &Path) -> PathBuf {
 
 /// A bundle in `dir/name` with weights from `seed`.
 pub fn bundle_named(dir: &Path, name: &str, seed: u64) -> PathBuf {
-    let spec = ModelSpec {
-        arch: "resnet18".into(),
-        encoder: ResNetSpec::resnet18(CHANNELS.len(), 4, false),
-        head: EmbedHead::Linear,
-        embedding_dim: 8,
-        classes: 3,
-    };
-    let preprocess = PreprocessSpec {
-        channels: CHANNELS.iter().map(|c| c.to_string()).collect(),
-        normalization: Normalization::SelfStandardize { eps: 1e-6 },
-        geometry: Geometry::Resize {
-            height: 32,
-            width: 32,
-        },
-    };
+    let (spec, preprocess) = bfx_export::seeded::resnet18_shape(&CHANNELS, 4, 32, 8, 3);
     let out = dir.join(name);
     bfx_export::seeded::write_seeded_bundle(spec, preprocess, seed, &out)
         .unwrap_or_else(|e| panic!("{e}"));
