@@ -242,12 +242,10 @@ impl EmbedStage {
         let already = state.early.len();
         state
             .early
-            .extend(sites.iter().zip(arrays).map(|(i, input)| Early {
+            .extend(sites.iter().zip(&arrays).map(|(i, input)| Early {
                 key: i.key.clone(),
-                input,
+                input: input.clone(),
             }));
-        let batch = already..state.early.len();
-        let arrays: Vec<Array4<f32>> = state.early[batch].iter().map(|e| e.input.clone()).collect();
         if state.early.len() >= self.config.min_sites {
             let stats = self.sample_stats(plate)?;
             let mut msgs = self.update_early(plate, &stats, already)?;

@@ -121,7 +121,15 @@ enum Look {
     /// A plate completion marker.
     Marker,
     /// Stable and wanted: decode it.
-    Decode(ImageKey, SystemTime, u64),
+    Decode(Stable),
+}
+
+/// A stable file to decode.
+struct Stable {
+    path: PathBuf,
+    key: ImageKey,
+    modified: SystemTime,
+    len: u64,
 }
 
 /// The stage's state: files waiting to be ready, by the moment each is
@@ -221,7 +229,7 @@ pub async fn run(
             },
             _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now).into()), if next.is_some() => {
                 let now = Instant::now();
-                let mut decode: Vec<(PathBuf, ImageKey, SystemTime, u64)> = Vec::new();
+                let mut decode: Vec<Stable> = Vec::new();
                 for path in waiting.take_due(now) {
                     match look(&mut config, &journal, &mut waiting, &path, now) {
                         Look::Later(at) => waiting.schedule(&path, at),
@@ -239,7 +247,7 @@ pub async fn run(
                                 return;
                             }
                         }
-                        Look::Decode(key, modified, len) => decode.push((path, key, modified, len)),
+                        Look::Decode(file) => decode.push(file),
                     }
                 }
                 if !send_decoded(&config, &journal, &mut waiting, decode, &tx).await {
@@ -257,7 +265,7 @@ async fn send_decoded(
     config: &ReadyConfig,
     journal: &Journal,
     waiting: &mut Waiting,
-    files: Vec<(PathBuf, ImageKey, SystemTime, u64)>,
+    files: Vec<Stable>,
     tx: &mpsc::Sender<FileEvent>,
 ) -> bool {
     let mut files = files.into_iter().peekable();
@@ -265,13 +273,13 @@ async fn send_decoded(
         let mut chunk = Vec::new();
         let mut bytes = 0;
         while let Some(f) = files.next_if(|f| {
-            chunk.is_empty() || (chunk.len() < DECODE_FILES && bytes + f.3 <= DECODE_BYTES)
+            chunk.is_empty() || (chunk.len() < DECODE_FILES && bytes + f.len <= DECODE_BYTES)
         }) {
-            bytes += f.3;
+            bytes += f.len;
             chunk.push(f);
         }
         let read = config.read;
-        let paths: Vec<PathBuf> = chunk.iter().map(|f| f.0.clone()).collect();
+        let paths: Vec<PathBuf> = chunk.iter().map(|f| f.path.clone()).collect();
         let decoded = tokio::task::spawn_blocking(move || {
             paths
                 .iter()
@@ -280,7 +288,16 @@ async fn send_decoded(
         })
         .await
         .unwrap_or_else(|e| vec![Err(format!("decoder crashed: {e}")); chunk.len()]);
-        for ((path, key, modified, _), planes) in chunk.into_iter().zip(decoded) {
+        for (
+            Stable {
+                path,
+                key,
+                modified,
+                ..
+            },
+            planes,
+        ) in chunk.into_iter().zip(decoded)
+        {
             match planes {
                 Ok(planes) => {
                     waiting.finish(&path);
@@ -445,5 +462,10 @@ fn look(
         quarantine(&config.quarantine, journal, path, &reason);
         return Look::Done;
     }
-    Look::Decode(key, modified, meta.len())
+    Look::Decode(Stable {
+        path: path.to_owned(),
+        key,
+        modified,
+        len: meta.len(),
+    })
 }
