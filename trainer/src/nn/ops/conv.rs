@@ -17,6 +17,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDTyp
 
 use super::gemm::{Strides, gemm};
 use super::im2col::{ConvConfig, Geometry, col2im_add, gather_rows, im2col_into, scatter_rows};
+use super::scratch::Scratch;
 use super::{contiguous, cpu_slice, from_vec, threads};
 
 /// Bytes of patch matrix per chunk of images. The batch is convolved a
@@ -37,16 +38,33 @@ fn chunks(n: usize, b: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
 }
 
 /// `[n, o, p]` output of the convolution `g` of `x` by `w`.
-pub fn forward<T: WithDType>(x: &[T], w: &[T], g: &Geometry) -> Vec<T> {
+pub fn forward<T: Scratch>(x: &[T], w: &[T], g: &Geometry) -> Vec<T> {
     forward_in_chunks(x, w, g, images_per_chunk::<T>(g))
 }
 
-fn forward_in_chunks<T: WithDType>(x: &[T], w: &[T], g: &Geometry, b: usize) -> Vec<T> {
+fn forward_in_chunks<T: Scratch>(x: &[T], w: &[T], g: &Geometry, b: usize) -> Vec<T> {
+    let (p, k, groups) = (g.p(), g.k(), g.cfg.groups);
+    let mut y = vec![T::from_f64(0.0); g.n * g.o * p];
+    let cols_len = groups * k * b * p;
+    T::with_scratch(cols_len + g.o * b * p, |scratch| {
+        let (cols, yt) = scratch.split_at_mut(cols_len);
+        forward_chunks_into(x, w, g, b, cols, yt, &mut y);
+    });
+    y
+}
+
+/// [`forward_in_chunks`] with its patch matrix and transposed output in
+/// `cols` and `yt` (`groups * k * b * p` and `o * b * p` elements).
+fn forward_chunks_into<T: WithDType>(
+    x: &[T],
+    w: &[T],
+    g: &Geometry,
+    b: usize,
+    cols: &mut [T],
+    yt: &mut [T],
+    y: &mut [T],
+) {
     let (p, k, og, groups) = (g.p(), g.k(), g.o / g.cfg.groups, g.cfg.groups);
-    let zero = T::from_f64(0.0);
-    let mut y = vec![zero; g.n * g.o * p];
-    let mut cols = vec![zero; groups * k * b * p];
-    let mut yt = vec![zero; g.o * b * p];
     for imgs in chunks(g.n, b) {
         let bp = imgs.len() * p;
         im2col_into(x, g, imgs.clone(), &mut cols[..groups * k * bp]);
@@ -66,36 +84,54 @@ fn forward_in_chunks<T: WithDType>(x: &[T], w: &[T], g: &Geometry, b: usize) -> 
         let out = &mut y[imgs.start * g.o * p..imgs.end * g.o * p];
         scatter_rows(&yt[..g.o * bp], g.o, p, out);
     }
-    y
 }
 
 /// Weight gradient `[o, c/g, kh, kw]` of the convolution `g` of `x`,
 /// from its output gradient `dy` (`[n, o, p]`).
-pub fn weight_grad<T: WithDType>(x: &[T], dy: &[T], g: &Geometry) -> Vec<T> {
+pub fn weight_grad<T: Scratch>(x: &[T], dy: &[T], g: &Geometry) -> Vec<T> {
     backward_in_chunks(Some(x), None, dy, g, images_per_chunk::<T>(g)).0
 }
 
 /// Input gradient `[n, c, h, w]` of the convolution `g` by `w`, from its
 /// output gradient `dy` (`[n, o, p]`).
-pub fn input_grad<T: WithDType>(w: &[T], dy: &[T], g: &Geometry) -> Vec<T> {
+pub fn input_grad<T: Scratch>(w: &[T], dy: &[T], g: &Geometry) -> Vec<T> {
     backward_in_chunks(None, Some(w), dy, g, images_per_chunk::<T>(g)).1
 }
 
 /// Both gradients in one pass over `dy`: the weight gradient, and the
 /// input gradient when `w` is given (empty otherwise).
-pub fn grads<T: WithDType>(x: &[T], w: Option<&[T]>, dy: &[T], g: &Geometry) -> (Vec<T>, Vec<T>) {
+pub fn grads<T: Scratch>(x: &[T], w: Option<&[T]>, dy: &[T], g: &Geometry) -> (Vec<T>, Vec<T>) {
     backward_in_chunks(Some(x), w, dy, g, images_per_chunk::<T>(g))
 }
 
 /// The weight gradient (when `x` is given) and the input gradient (when
 /// `w` is given) of the convolution `g`, chunk by chunk of `b` images;
 /// a gradient not asked for is empty.
-fn backward_in_chunks<T: WithDType>(
+fn backward_in_chunks<T: Scratch>(
     x: Option<&[T]>,
     w: Option<&[T]>,
     dy: &[T],
     g: &Geometry,
     b: usize,
+) -> (Vec<T>, Vec<T>) {
+    let cols_len = g.cfg.groups * g.k() * b * g.p();
+    T::with_scratch(cols_len + g.o * b * g.p(), |scratch| {
+        let (cols, dyt) = scratch.split_at_mut(cols_len);
+        backward_chunks_with(x, w, dy, g, b, cols, dyt)
+    })
+}
+
+/// [`backward_in_chunks`] with its patch matrix and transposed output
+/// gradient in `cols` and `dyt` (`groups * k * b * p` and `o * b * p`
+/// elements).
+fn backward_chunks_with<T: WithDType>(
+    x: Option<&[T]>,
+    w: Option<&[T]>,
+    dy: &[T],
+    g: &Geometry,
+    b: usize,
+    cols: &mut [T],
+    dyt: &mut [T],
 ) -> (Vec<T>, Vec<T>) {
     let (p, k, og, groups) = (g.p(), g.k(), g.o / g.cfg.groups, g.cfg.groups);
     let (chw, zero) = (g.c * g.h * g.w, T::from_f64(0.0));
@@ -109,8 +145,6 @@ fn backward_in_chunks<T: WithDType>(
     } else {
         Vec::new()
     };
-    let mut cols = vec![zero; groups * k * b * p];
-    let mut dyt = vec![zero; g.o * b * p];
     for (chunk, imgs) in chunks(g.n, b).enumerate() {
         let bp = imgs.len() * p;
         let dyt = &mut dyt[..g.o * bp];
@@ -201,7 +235,7 @@ impl CustomOp2 for Conv2d {
 }
 
 /// Input (when `x` needs one) and weight gradients of the convolution `g`.
-fn conv_grads<T: WithDType>(
+fn conv_grads<T: Scratch>(
     x: &Tensor,
     w: &Tensor,
     dy: &Tensor,
@@ -289,7 +323,7 @@ impl CustomOp2 for ConvTranspose2d {
 /// gradient `dy` has the shape of the convolution `g`'s input: that
 /// convolution's forward gives dx, its weight gradient against x (as dY)
 /// gives dw.
-fn transposed_grads<T: WithDType>(
+fn transposed_grads<T: Scratch>(
     x: &Tensor,
     w: &Tensor,
     dy: &Tensor,

@@ -203,22 +203,26 @@ pub fn im2col_into<T: WithDType>(x: &[T], g: &Geometry, imgs: Range<usize>, cols
             let (c, i, j) = (row / (g.kh * g.kw), (row / g.kw) % g.kh, row % g.kw);
             let cols_ok = g.valid(j * d, g.w, g.wo);
             let rows_ok = g.valid(i * d, g.h, g.ho);
-            if rows_ok.len() < g.ho || cols_ok.len() < g.wo {
-                out.fill(zero);
-            }
+            // Input column of the first valid output column.
+            let first = cols_ok.start * s + j * d - pad;
             for (slot, n) in imgs.clone().enumerate() {
                 let plane = &x[(n * g.c + c) * hw..][..hw];
                 let out = &mut out[slot * p..][..p];
+                // Only the entries that fall in the padding are zeroed.
+                out[..rows_ok.start * g.wo].fill(zero);
+                out[rows_ok.end * g.wo..].fill(zero);
                 for oh in rows_ok.clone() {
                     let ih = oh * s + i * d - pad;
                     let src = &plane[ih * g.w..][..g.w];
                     let dst = &mut out[oh * g.wo..][..g.wo];
-                    let first = cols_ok.start * s + j * d - pad;
+                    dst[..cols_ok.start].fill(zero);
+                    dst[cols_ok.end..].fill(zero);
+                    let dst = &mut dst[cols_ok.clone()];
                     if s == 1 {
-                        dst[cols_ok.clone()].copy_from_slice(&src[first..first + cols_ok.len()]);
+                        dst.copy_from_slice(&src[first..first + dst.len()]);
                     } else {
-                        for (k, ow) in cols_ok.clone().enumerate() {
-                            dst[ow] = src[first + k * s];
+                        for (o, v) in dst.iter_mut().zip(src[first..].iter().step_by(s)) {
+                            *o = *v;
                         }
                     }
                 }
