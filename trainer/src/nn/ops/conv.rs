@@ -14,6 +14,7 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
+use rayon::prelude::*;
 
 use super::gemm::{Strides, gemm};
 use super::im2col::{ConvConfig, Geometry, col2im_add, gather_rows, im2col_into, scatter_rows};
@@ -135,8 +136,13 @@ fn backward_chunks_with<T: WithDType>(
 ) -> (Vec<T>, Vec<T>) {
     let (p, k, og, groups) = (g.p(), g.k(), g.o / g.cfg.groups, g.cfg.groups);
     let (chw, zero) = (g.c * g.h * g.w, T::from_f64(0.0));
-    let mut dw = if x.is_some() {
-        vec![zero; g.o * k]
+    // The weight gradient sums over every output position: a long inner
+    // dimension and a small result, which one GEMM cannot split across
+    // threads. Each thread sums its share of the columns into its own
+    // copy of dW (the first is `dw`), added up at the end.
+    let parts = threads().max(1);
+    let mut dw_parts = if x.is_some() {
+        vec![zero; parts * g.o * k]
     } else {
         Vec::new()
     };
@@ -153,19 +159,7 @@ fn backward_chunks_with<T: WithDType>(
         if let Some(x) = x {
             // dW = dY X^T, summed over the chunks.
             im2col_into(x, g, imgs.clone(), cols);
-            for grp in 0..groups {
-                gemm(
-                    (og, k, bp),
-                    &mut dw[grp * og * k..],
-                    Strides::row_major(k),
-                    chunk > 0,
-                    &dyt[grp * og * bp..],
-                    Strides::row_major(bp),
-                    &cols[grp * k * bp..],
-                    Strides::transposed(bp),
-                    threads(),
-                );
-            }
+            weight_grad_chunk(&mut dw_parts, chunk > 0, dyt, cols, g, bp);
         }
         if let Some(w) = w {
             // dx = col2im(W^T dY), image by image of the chunk.
@@ -185,7 +179,50 @@ fn backward_chunks_with<T: WithDType>(
             col2im_add(cols, g, &mut dx[imgs.start * chw..imgs.end * chw]);
         }
     }
-    (dw, dx)
+    if x.is_some() {
+        let (dw, rest) = dw_parts.split_at_mut(g.o * k);
+        for part in rest.chunks(g.o * k) {
+            for (a, b) in dw.iter_mut().zip(part) {
+                *a += *b;
+            }
+        }
+        dw_parts.truncate(g.o * k);
+    }
+    (dw_parts, dx)
+}
+
+/// Add (or write, unless `accumulate`) one chunk's `dY X^T` to the
+/// per-thread partial weight gradients `parts` (each `[o, k]`), the
+/// chunk's `bp` columns split evenly between them.
+fn weight_grad_chunk<T: WithDType>(
+    parts: &mut [T],
+    accumulate: bool,
+    dyt: &[T],
+    cols: &[T],
+    g: &Geometry,
+    bp: usize,
+) {
+    let (k, og, groups) = (g.k(), g.o / g.cfg.groups, g.cfg.groups);
+    let n = parts.len() / (g.o * k).max(1);
+    parts
+        .par_chunks_mut((g.o * k).max(1))
+        .enumerate()
+        .for_each(|(t, dw)| {
+            let columns = bp * t / n..bp * (t + 1) / n;
+            for grp in 0..groups {
+                gemm(
+                    (og, k, columns.len()),
+                    &mut dw[grp * og * k..],
+                    Strides::row_major(k),
+                    accumulate,
+                    &dyt[grp * og * bp + columns.start..],
+                    Strides::row_major(bp),
+                    &cols[grp * k * bp + columns.start..],
+                    Strides::transposed(bp),
+                    1,
+                );
+            }
+        });
 }
 
 /// `y = conv2d(x, w)` on the CPU.
@@ -376,6 +413,21 @@ mod tests {
             let (dw_b, dx_b) = backward_in_chunks(Some(&x), Some(&w), &dy, &g, b);
             assert!(close(&dw_b, &dw), "weight gradient, chunks of {b}");
             assert!(close(&dx_b, &dx), "input gradient, chunks of {b}");
+        }
+        // The weight gradient split between any number of threads' partial
+        // sums adds up to the same.
+        let bp = g.n * g.p();
+        let mut cols = vec![0.0; g.cfg.groups * g.k() * bp];
+        im2col_into(&x, &g, 0..g.n, &mut cols);
+        let mut dyt = vec![0.0; g.o * bp];
+        gather_rows(&dy, g.o, g.p(), &mut dyt);
+        for parts in [1, 2, 3, 7] {
+            let mut partial = vec![f64::NAN; parts * g.o * g.k()];
+            weight_grad_chunk(&mut partial, false, &dyt, &cols, &g, bp);
+            let summed: Vec<f64> = (0..g.o * g.k())
+                .map(|i| (0..parts).map(|t| partial[t * g.o * g.k() + i]).sum())
+                .collect();
+            assert!(close(&summed, &dw), "weight gradient in {parts} parts");
         }
         // Gradients not asked for are not computed.
         assert!(backward_in_chunks(Some(&x), None, &dy, &g, 2).1.is_empty());
