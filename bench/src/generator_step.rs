@@ -43,7 +43,7 @@ fn adain(h: &Tensor, (mean, std): &(Tensor, Tensor)) -> candle_core::Result<Tens
         Tensor::zeros(c, h.dtype(), h.device())?,
     );
     let normalized = if ops::fast(h) {
-        ops::normalize_batch(h, &ones, &zeros, 1e-5, Grouping::Plane)?.0
+        ops::normalize_batch(h, &ones, &zeros, 1e-5, Grouping::Plane, false)?.0
     } else {
         candle_nn::GroupNorm::new(ones, zeros, c, c, 1e-5)?.forward(h)?
     };

@@ -41,7 +41,7 @@ pub fn adain(h: &Tensor, mean: &Tensor, std: &Tensor) -> Result<Tensor> {
     let normalized = if ops::fast(h) {
         let ones = Tensor::ones(c, h.dtype(), h.device())?;
         let zeros = Tensor::zeros(c, h.dtype(), h.device())?;
-        ops::normalize_batch(h, &ones, &zeros, STYLE_EPS, Grouping::Plane)?.0
+        ops::normalize_batch(h, &ones, &zeros, STYLE_EPS, Grouping::Plane, false)?.0
     } else {
         let flat = h.flatten_from(2)?;
         let m = flat.mean_keepdim(2)?;

@@ -131,6 +131,12 @@ impl BatchNorm {
 
     /// Normalize `x` as `pass` says.
     pub fn forward(&self, x: &Tensor, pass: &mut NormPass) -> Result<Tensor> {
+        self.forward_then(x, pass, false)
+    }
+
+    /// Normalize `x` as `pass` says, then apply a ReLU if `relu` (in the
+    /// same passes on bfx's kernels).
+    fn forward_then(&self, x: &Tensor, pass: &mut NormPass, relu: bool) -> Result<Tensor> {
         let layer = pass.cursor;
         pass.cursor += 1;
         let (mean, var) = match pass.mode {
@@ -148,8 +154,14 @@ impl BatchNorm {
                 (s.mean.clone(), s.var.clone())
             }
             BnMode::Train | BnMode::Batch if ops::fast(x) => {
-                let (y, mean, var) =
-                    ops::normalize_batch(x, &self.weight, &self.bias, self.eps, Grouping::Channel)?;
+                let (y, mean, var) = ops::normalize_batch(
+                    x,
+                    &self.weight,
+                    &self.bias,
+                    self.eps,
+                    Grouping::Channel,
+                    relu,
+                )?;
                 self.after_batch_stats(&mean, &var, x, pass)?;
                 return Ok(y);
             }
@@ -160,9 +172,10 @@ impl BatchNorm {
             }
         };
         if ops::fast(x) {
-            return ops::normalize_given(x, &mean, &var, self.eps, &self.weight, &self.bias);
+            return ops::normalize_given(x, &mean, &var, self.eps, &self.weight, &self.bias, relu);
         }
-        normalize(x, &mean, &var, self.eps, &self.weight, &self.bias)
+        let y = normalize(x, &mean, &var, self.eps, &self.weight, &self.bias)?;
+        if relu { ops::relu(&y) } else { Ok(y) }
     }
 
     /// Running update (training) and recording of a batch's statistics.
@@ -257,11 +270,21 @@ impl Norm {
 
     /// Normalize `x`.
     pub fn forward(&self, x: &Tensor, pass: &mut NormPass) -> Result<Tensor> {
+        self.forward_then(x, pass, false)
+    }
+
+    /// `relu(norm(x))`, in one pass each way on bfx's kernels.
+    pub fn forward_relu(&self, x: &Tensor, pass: &mut NormPass) -> Result<Tensor> {
+        self.forward_then(x, pass, true)
+    }
+
+    fn forward_then(&self, x: &Tensor, pass: &mut NormPass, relu: bool) -> Result<Tensor> {
         match self {
-            Norm::Batch(bn) => bn.forward(x, pass),
+            Norm::Batch(bn) => bn.forward_then(x, pass, relu),
             Norm::Instance(weight, bias, _) if ops::fast(x) => {
-                Ok(ops::normalize_batch(x, weight, bias, NORM_EPS, Grouping::Plane)?.0)
+                Ok(ops::normalize_batch(x, weight, bias, NORM_EPS, Grouping::Plane, relu)?.0)
             }
+            Norm::Instance(_, _, group) if relu => ops::relu(&group.forward(x)?),
             Norm::Instance(_, _, group) => group.forward(x),
         }
     }

@@ -15,7 +15,7 @@ use bfx_core::arch::BlockShape;
 pub use bfx_core::arch::ResNetSpec;
 
 use super::norm::{Norm, NormPass};
-use super::ops::{Conv, ConvConfig, add_relu, relu};
+use super::ops::{Conv, ConvConfig, add_relu};
 
 /// A residual basic block: conv-norm-relu-conv-norm plus a shortcut.
 #[derive(Clone, Debug)]
@@ -60,7 +60,7 @@ impl BasicBlock {
     }
 
     fn forward(&self, x: &Tensor, pass: &mut NormPass) -> Result<Tensor> {
-        let h = relu(&self.norm1.forward(&x.apply(&self.conv1)?, pass)?)?;
+        let h = self.norm1.forward_relu(&x.apply(&self.conv1)?, pass)?;
         let h = self.norm2.forward(&h.apply(&self.conv2)?, pass)?;
         let skip = match &self.down {
             Some((c, n)) => n.forward(&x.apply(c)?, pass)?,
@@ -150,7 +150,7 @@ impl ResNet {
         pass: &mut NormPass,
         hook: &mut dyn FnMut(usize, Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
-        let h = relu(&self.stem_norm.forward(&x.apply(&self.stem)?, pass)?)?;
+        let h = self.stem_norm.forward_relu(&x.apply(&self.stem)?, pass)?;
         let mut h = super::pool::max_pool_2x2(&h)?;
         for (i, stage) in self.stages.iter().enumerate() {
             for block in stage {
@@ -166,7 +166,7 @@ impl ResNet {
     /// stage's output; and the pooled features.
     pub fn forward_maps(&self, x: &Tensor, pass: &mut NormPass) -> Result<EncoderMaps> {
         let stem_conv = x.apply(&self.stem)?;
-        let stem = relu(&self.stem_norm.forward(&stem_conv, pass)?)?;
+        let stem = self.stem_norm.forward_relu(&stem_conv, pass)?;
         let mut h = super::pool::max_pool_2x2(&stem)?;
         let mut stages = Vec::with_capacity(self.stages.len());
         for stage in &self.stages {

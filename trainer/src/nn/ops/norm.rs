@@ -3,6 +3,12 @@
 //! shift gradient in two passes backward (Candle's composite version
 //! takes a dozen broadcast passes and as many allocations).
 //!
+//! Either can be followed by a ReLU (`relu`), as a ResNet's stem and
+//! every block's first normalization are: applied in the forward pass,
+//! gated into the gradient in one pass before the backward ones. A
+//! separate ReLU op would take one more pass forward and one more
+//! gradient for Candle to allocate and sum backward.
+//!
 //! Both are "normalize each group of planes by its statistics": a
 //! BatchNorm statistic covers channel `c` of every image, an
 //! InstanceNorm statistic one image's channel. Planes are indexed
@@ -12,6 +18,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
+use super::pointwise::relu_grad_into;
+use super::scratch::Scratch;
 use super::{contiguous, cpu_slice, from_vec};
 
 /// Which planes share a statistic.
@@ -61,11 +69,18 @@ impl Dims {
     }
 
     /// Planes of statistic `s`.
-    fn planes(&self, s: usize) -> Vec<usize> {
-        match self.grouping {
-            Grouping::Channel => (0..self.n).map(|n| n * self.c + s).collect(),
-            Grouping::Plane => vec![s],
-        }
+    fn planes(&self, s: usize) -> impl Iterator<Item = usize> {
+        let (count, step) = match self.grouping {
+            Grouping::Channel => (self.n, self.c),
+            Grouping::Plane => (1, 1),
+        };
+        (0..count).map(move |i| s + i * step)
+    }
+
+    /// Planes per parallel task: enough for [`TASK_ELEMENTS`] (late
+    /// ResNet stages have planes of 2x2).
+    fn planes_per_task(&self) -> usize {
+        (TASK_ELEMENTS / self.hw.max(1)).max(1)
     }
 
     /// Elements per statistic.
@@ -77,14 +92,20 @@ impl Dims {
     }
 }
 
+/// Elements a parallel task works on at least: a task per plane cost
+/// more in scheduling than the arithmetic (10x for 2x2 planes).
+const TASK_ELEMENTS: usize = 1 << 14;
+
 /// Per statistic: the two sums of `f(plane, plane elements)` over its
 /// planes, in f64.
 fn per_stat(
     d: &Dims,
     f: impl Fn(usize, std::ops::Range<usize>) -> [f64; 2] + Sync,
 ) -> Vec<[f64; 2]> {
+    let per_task = (TASK_ELEMENTS / d.members().max(1)).max(1);
     (0..d.stats())
         .into_par_iter()
+        .with_min_len(per_task)
         .map(|s| {
             let mut acc = [0.0; 2];
             for q in d.planes(s) {
@@ -123,27 +144,59 @@ struct Normalize {
     mean: Vec<f64>,
     invstd: Vec<f64>,
     batch_stats: bool,
+    relu: bool,
 }
 
 impl Normalize {
     fn forward<T: WithDType>(&self, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
         let d = self.d;
         let mut y = vec![T::from_f64(0.0); x.len()];
-        y.par_chunks_mut(d.hw.max(1))
+        let per_task = d.planes_per_task();
+        y.par_chunks_mut(d.hw.max(1) * per_task)
             .enumerate()
-            .for_each(|(q, out)| {
-                let (s, c) = (d.stat_of(q), q % d.c);
-                let scale = self.invstd[s] * w[c].to_f64();
-                let shift = b[c].to_f64() - self.mean[s] * scale;
-                for (o, v) in out.iter_mut().zip(&x[q * d.hw..][..d.hw]) {
-                    *o = T::from_f64(v.to_f64() * scale + shift);
+            .for_each(|(t, planes)| {
+                for (j, out) in planes.chunks_mut(d.hw.max(1)).enumerate() {
+                    let q = t * per_task + j;
+                    let (s, c) = (d.stat_of(q), q % d.c);
+                    let scale = self.invstd[s] * w[c].to_f64();
+                    let shift = b[c].to_f64() - self.mean[s] * scale;
+                    for (o, v) in out.iter_mut().zip(&x[q * d.hw..][..d.hw]) {
+                        let v = v.to_f64() * scale + shift;
+                        *o = T::from_f64(if self.relu { v.max(0.0) } else { v });
+                    }
                 }
             });
         y
     }
 
-    /// `(dx, dweight, dbias)`.
-    fn backward<T: WithDType>(&self, x: &[T], w: &[T], dy: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
+    /// `(dx, dweight, dbias)`, given the output `y` (read only after a
+    /// ReLU, whose gradient passes where `y > 0`).
+    fn backward<T: Scratch>(
+        &self,
+        x: &[T],
+        w: &[T],
+        y: &[T],
+        dy: &[T],
+    ) -> (Vec<T>, Vec<T>, Vec<T>) {
+        if !self.relu {
+            return self.backward_normalization(x, w, dy);
+        }
+        // The ReLU's gradient first, in its own pass: gating each element
+        // inside the two passes below made them 3-5x slower (a
+        // data-dependent select per element keeps them from vectorizing).
+        T::with_scratch(dy.len(), |gated| {
+            relu_grad_into(y, dy, gated);
+            self.backward_normalization(x, w, gated)
+        })
+    }
+
+    /// `(dx, dweight, dbias)` of the normalization alone.
+    fn backward_normalization<T: WithDType>(
+        &self,
+        x: &[T],
+        w: &[T],
+        dy: &[T],
+    ) -> (Vec<T>, Vec<T>, Vec<T>) {
         let d = self.d;
         // Per statistic: sum dy and sum dy * xhat.
         let sums = per_stat(&d, |q, r| {
@@ -165,8 +218,15 @@ impl Normalize {
         }
         let m = d.members().max(1) as f64;
         let mut dx = vec![T::from_f64(0.0); x.len()];
-        dx.par_chunks_mut(d.hw.max(1))
+        let per_task = d.planes_per_task();
+        dx.par_chunks_mut(d.hw.max(1) * per_task)
             .enumerate()
+            .flat_map_iter(|(t, planes)| {
+                planes
+                    .chunks_mut(d.hw.max(1))
+                    .enumerate()
+                    .map(move |(j, out)| (t * per_task + j, out))
+            })
             .for_each(|(q, out)| {
                 let (s, c) = (d.stat_of(q), q % d.c);
                 let (mu, inv) = (self.mean[s], self.invstd[s]);
@@ -231,14 +291,18 @@ impl CustomOp3 for Normalize {
         x: &Tensor,
         w: &Tensor,
         _: &Tensor,
-        _: &Tensor,
+        y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         macro_rules! grads {
             ($t:ty) => {{
                 let (dx, dw, db) = cpu_slice::<$t, _>(x, |x| {
-                    cpu_slice::<$t, _>(w, |w| cpu_slice::<$t, _>(dy, |dy| self.backward(x, w, dy)))
-                })???;
+                    cpu_slice::<$t, _>(w, |w| {
+                        cpu_slice::<$t, _>(y, |y| {
+                            cpu_slice::<$t, _>(dy, |dy| self.backward(x, w, y, dy))
+                        })
+                    })
+                })????;
                 let device = x.device();
                 Ok((
                     Some(from_vec(dx, x.dims(), device)?),
@@ -255,14 +319,16 @@ impl CustomOp3 for Normalize {
     }
 }
 
-/// Normalize `x` by the statistics of its own groups of planes; returns
-/// the output and the (detached) mean and biased variance, `[stats]`.
+/// Normalize `x` by the statistics of its own groups of planes, then
+/// apply a ReLU if `relu`; returns the output and the (detached) mean and
+/// biased variance, `[stats]`.
 pub fn normalize_batch(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
     eps: f64,
     grouping: Grouping,
+    relu: bool,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let x = x.contiguous()?;
     let d = Dims::of(x.dims(), grouping)?;
@@ -278,12 +344,14 @@ pub fn normalize_batch(
         mean,
         invstd,
         batch_stats: true,
+        relu,
     };
     let y = x.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?;
     Ok((y, mean_t, var_t))
 }
 
-/// Normalize `x` per channel by given (constant) statistics, `[c]` each.
+/// Normalize `x` per channel by given (constant) statistics, `[c]` each,
+/// then apply a ReLU if `relu`.
 pub fn normalize_given(
     x: &Tensor,
     mean: &Tensor,
@@ -291,6 +359,7 @@ pub fn normalize_given(
     eps: f64,
     weight: &Tensor,
     bias: &Tensor,
+    relu: bool,
 ) -> Result<Tensor> {
     let d = Dims::of(x.dims(), Grouping::Channel)?;
     let mean = mean.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
@@ -308,6 +377,7 @@ pub fn normalize_given(
         mean,
         invstd,
         batch_stats: false,
+        relu,
     };
     x.contiguous()?
         .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)

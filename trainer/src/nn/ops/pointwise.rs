@@ -26,8 +26,15 @@ fn relu_fwd<T: WithDType>(x: &[T]) -> Vec<T> {
 }
 
 fn relu_bwd<T: WithDType>(y: &[T], dy: &[T]) -> Vec<T> {
+    let mut dx = vec![T::from_f64(0.0); y.len()];
+    relu_grad_into(y, dy, &mut dx);
+    dx
+}
+
+/// The input gradient of a ReLU whose output is `y`, from its output
+/// gradient `dy`, written to `dx`: `dy` where `y > 0`, else zero.
+pub(super) fn relu_grad_into<T: WithDType>(y: &[T], dy: &[T], dx: &mut [T]) {
     let zero = T::from_f64(0.0);
-    let mut dx = vec![zero; y.len()];
     dx.par_chunks_mut(CHUNK)
         .zip(y.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
         .for_each(|(dx, (y, dy))| {
@@ -35,7 +42,6 @@ fn relu_bwd<T: WithDType>(y: &[T], dy: &[T]) -> Vec<T> {
                 *o = if *v > zero { *g } else { zero };
             }
         });
-    dx
 }
 
 impl CustomOp1 for Relu {

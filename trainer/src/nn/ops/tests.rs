@@ -313,7 +313,7 @@ fn fused_normalization_matches_the_composite_one() {
     let b = random(&[4], 13).to_dtype(DType::F32).unwrap();
     // BatchNorm with the batch's statistics (gradients through them).
     let ours = value_and_grads(&x, &w, &|x, w| {
-        Ok(normalize_batch(x, w, &b, 1e-5, Grouping::Channel)?.0)
+        Ok(normalize_batch(x, w, &b, 1e-5, Grouping::Channel, false)?.0)
     });
     let reference = value_and_grads(&x, &w, &|x, w| {
         let (mean, var) = batch_stats(x)?;
@@ -333,7 +333,9 @@ fn fused_normalization_matches_the_composite_one() {
         mean.to_dtype(DType::F32).unwrap(),
         var.to_dtype(DType::F32).unwrap(),
     );
-    let ours = value_and_grads(&x, &w, &|x, w| normalize_given(x, &mean, &var, 1e-5, w, &b));
+    let ours = value_and_grads(&x, &w, &|x, w| {
+        normalize_given(x, &mean, &var, 1e-5, w, &b, false)
+    });
     let reference = value_and_grads(&x, &w, &|x, w| normalize(x, &mean, &var, 1e-5, w, &b));
     for (what, a, r) in [
         ("output", &ours.0, &reference.0),
@@ -346,7 +348,7 @@ fn fused_normalization_matches_the_composite_one() {
     // InstanceNorm against candle-nn's GroupNorm with a group per channel.
     let group = candle_nn::GroupNorm::new(w.clone(), b.clone(), 4, 4, 1e-5).unwrap();
     let ours = value_and_grads(&x, &w, &|x, w| {
-        Ok(normalize_batch(x, w, &b, 1e-5, Grouping::Plane)?.0)
+        Ok(normalize_batch(x, w, &b, 1e-5, Grouping::Plane, false)?.0)
     });
     let (out, dx, _) = value_and_grads(&x, &w, &|x, _| candle_nn::Module::forward(&group, x));
     assert!(rel_diff(&ours.0, &out) < 1e-5 && rel_diff(&ours.1, &dx) < 1e-5);
@@ -355,21 +357,68 @@ fn fused_normalization_matches_the_composite_one() {
     let b64 = random(&[3], 16);
     for grouping in [Grouping::Channel, Grouping::Plane] {
         let dw = max_error(&random(&[3], 17), &|w| {
-            Ok(normalize_batch(&x64, w, &b64, 1e-5, grouping)?.0)
+            Ok(normalize_batch(&x64, w, &b64, 1e-5, grouping, false)?.0)
         })
         .unwrap();
         let db = max_error(&b64, &|b| {
-            Ok(normalize_batch(&x64, &random(&[3], 17), b, 1e-5, grouping)?.0)
+            Ok(normalize_batch(&x64, &random(&[3], 17), b, 1e-5, grouping, false)?.0)
         })
         .unwrap();
         let dx = max_error(&x64, &|x| {
-            Ok(normalize_batch(x, &random(&[3], 17), &b64, 1e-5, grouping)?.0)
+            Ok(normalize_batch(x, &random(&[3], 17), &b64, 1e-5, grouping, false)?.0)
         })
         .unwrap();
         assert!(
             dw < TOLERANCE && db < TOLERANCE && dx < TOLERANCE,
             "{grouping:?}: {dw} {db} {dx}"
         );
+    }
+}
+
+#[test]
+fn normalization_with_relu_matches_the_two_ops() {
+    let x = random(&[3, 4, 5, 6], 31).to_dtype(DType::F32).unwrap();
+    let w = random(&[4], 32).to_dtype(DType::F32).unwrap();
+    let b = random(&[4], 33).to_dtype(DType::F32).unwrap();
+    let mean = random(&[4], 34).to_dtype(DType::F32).unwrap();
+    let var = random(&[4], 35)
+        .abs()
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    type Norm<'a> = Box<dyn Fn(&Tensor, &Tensor, bool) -> candle_core::Result<Tensor> + 'a>;
+    let cases: [(&str, Norm); 3] = [
+        (
+            "batch",
+            Box::new(|x, w, r| Ok(normalize_batch(x, w, &b, 1e-5, Grouping::Channel, r)?.0)),
+        ),
+        (
+            "instance",
+            Box::new(|x, w, r| Ok(normalize_batch(x, w, &b, 1e-5, Grouping::Plane, r)?.0)),
+        ),
+        (
+            "given",
+            Box::new(|x, w, r| normalize_given(x, &mean, &var, 1e-5, w, &b, r)),
+        ),
+    ];
+    for (name, norm) in &cases {
+        let fused = value_and_grads(&x, &w, &|x, w| norm(x, w, true));
+        let apart = value_and_grads(&x, &w, &|x, w| relu(&norm(x, w, false)?));
+        // Many outputs are cut and many pass, so the gate is exercised.
+        let cut = fused.0.eq(0.0).unwrap().to_dtype(DType::F32).unwrap();
+        let cut = cut.mean_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(
+            (0.1..0.9).contains(&cut),
+            "{name}: {cut} of the outputs cut"
+        );
+        for (what, a, r) in [
+            ("output", &fused.0, &apart.0),
+            ("dx", &fused.1, &apart.1),
+            ("dw", &fused.2, &apart.2),
+        ] {
+            let d = rel_diff(a, r);
+            assert!(d < 1e-5, "{name} norm + relu {what}: {d}");
+        }
     }
 }
 
