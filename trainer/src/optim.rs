@@ -9,8 +9,9 @@ use candle_core::{Result, Tensor, Var};
 /// AdamW over named variables.
 pub struct AdamW {
     params: Vec<(String, Var)>,
-    m: Vec<Tensor>,
-    v: Vec<Tensor>,
+    /// Per variable, its first and second moments stacked (`[2, ..dims]`),
+    /// so that one in-place op updates both.
+    moments: Vec<Tensor>,
     step: u64,
     /// Learning rate.
     pub lr: f64,
@@ -24,18 +25,16 @@ const EPS: f64 = 1e-8;
 impl AdamW {
     /// An optimizer over `params` (running statistics must not be among them).
     pub fn new(params: Vec<(String, Var)>, lr: f64, weight_decay: f64) -> Result<AdamW> {
-        let m = params
+        let moments = params
             .iter()
-            .map(|(_, p)| p.zeros_like())
-            .collect::<Result<_>>()?;
-        let v = params
-            .iter()
-            .map(|(_, p)| p.zeros_like())
+            .map(|(_, p)| {
+                let zeros = p.zeros_like()?;
+                Tensor::stack(&[&zeros, &zeros], 0)
+            })
             .collect::<Result<_>>()?;
         Ok(AdamW {
             params,
-            m,
-            v,
+            moments,
             step: 0,
             lr,
             weight_decay,
@@ -57,23 +56,22 @@ impl AdamW {
                 continue;
             };
             if crate::nn::ops::fast(p.as_tensor()) {
-                let (m, v) = (&self.m[i], &self.v[i]);
                 let hyper = fused::Hyper {
                     lr: self.lr,
                     weight_decay: self.weight_decay,
                     c1,
                     c2,
                 };
-                let (np, nm, nv) = fused::step(p.as_tensor(), g, m, v, hyper)?;
-                p.set(&np)?;
-                (self.m[i], self.v[i]) = (nm, nv);
+                fused::step(p.as_tensor(), g, &self.moments[i], hyper)?;
                 continue;
             }
-            self.m[i] = ((&self.m[i] * BETA1)? + (g * (1.0 - BETA1))?)?;
-            self.v[i] = ((&self.v[i] * BETA2)? + (g.sqr()? * (1.0 - BETA2))?)?;
-            let update = ((&self.m[i] / c1)? / ((&self.v[i] / c2)?.sqrt()? + EPS)?)?;
+            let (m, v) = (self.moments[i].get(0)?, self.moments[i].get(1)?);
+            let m = ((m * BETA1)? + (g * (1.0 - BETA1))?)?;
+            let v = ((v * BETA2)? + (g.sqr()? * (1.0 - BETA2))?)?;
+            let update = ((&m / c1)? / ((&v / c2)?.sqrt()? + EPS)?)?;
             let decayed = (p.as_tensor() * (1.0 - self.lr * self.weight_decay))?;
             p.set(&(decayed - (update * self.lr)?)?)?;
+            self.moments[i] = Tensor::stack(&[m, v], 0)?;
         }
         Ok(())
     }
@@ -82,8 +80,9 @@ impl AdamW {
     pub fn state(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::with_capacity(2 * self.params.len() + 1);
         for (i, (name, _)) in self.params.iter().enumerate() {
-            out.push((format!("adamw.m.{name}"), self.m[i].clone()));
-            out.push((format!("adamw.v.{name}"), self.v[i].clone()));
+            // Copies: the moments are updated in place by the next step.
+            out.push((format!("adamw.m.{name}"), self.moments[i].get(0)?.copy()?));
+            out.push((format!("adamw.v.{name}"), self.moments[i].get(1)?.copy()?));
         }
         let device = self
             .params
@@ -105,8 +104,18 @@ impl AdamW {
                     candle_core::Error::Msg(format!("checkpoint lacks optimizer state {k}"))
                 })
             };
-            self.m[i] = get(format!("adamw.m.{name}"))?.to_device(p.device())?;
-            self.v[i] = get(format!("adamw.v.{name}"))?.to_device(p.device())?;
+            let m = get(format!("adamw.m.{name}"))?.to_device(p.device())?;
+            let v = get(format!("adamw.v.{name}"))?.to_device(p.device())?;
+            if m.dims() != p.dims() || v.dims() != p.dims() {
+                return Err(candle_core::Error::Msg(format!(
+                    "optimizer state of {name} has shape {:?}/{:?}, the variable {:?}",
+                    m.dims(),
+                    v.dims(),
+                    p.dims()
+                )));
+            }
+            // A new tensor (stack copies): the step updates it in place.
+            self.moments[i] = Tensor::stack(&[m, v], 0)?;
         }
         if let Some(step) = saved.get("adamw.step") {
             self.step = step.to_vec1::<f32>()?.first().copied().unwrap_or(0.0) as u64;
@@ -115,14 +124,17 @@ impl AdamW {
     }
 }
 
-/// AdamW's update of one variable in a single pass over its elements
-/// (on the CPU; the tensor-op version above serves other devices).
+/// AdamW's update of one variable in place, on the CPU (the tensor-op
+/// version above serves other devices): one pass updates both moments
+/// from the gradient, a second the variable from them. Nothing is
+/// allocated: a step used to write new variables and moments (3x the
+/// model's size, zeroed first) and copy the variables back.
 mod fused {
-    use candle_core::{Result, Tensor, WithDType};
+    use candle_core::backend::BackendStorage;
+    use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Tensor, WithDType};
     use rayon::prelude::*;
 
     use super::{BETA1, BETA2, EPS};
-    use crate::nn::ops::cpu_slice;
 
     /// Learning rate, decay and this step's bias corrections.
     #[derive(Clone, Copy)]
@@ -133,70 +145,122 @@ mod fused {
         pub c2: f64,
     }
 
-    /// New parameter and moments from the old ones and the gradient.
-    fn kernel<T: WithDType>(
-        p: &[T],
-        g: &[T],
-        m: &[T],
-        v: &[T],
-        h: Hyper,
-    ) -> (Vec<T>, Vec<T>, Vec<T>) {
-        let zero = T::from_f64(0.0);
-        let (mut p2, mut m2, mut v2) = (
-            vec![zero; p.len()],
-            vec![zero; p.len()],
-            vec![zero; p.len()],
-        );
-        let decay = 1.0 - h.lr * h.weight_decay;
-        const CHUNK: usize = 4096;
-        p2.par_chunks_mut(CHUNK)
-            .zip(m2.par_chunks_mut(CHUNK))
-            .zip(v2.par_chunks_mut(CHUNK))
-            .enumerate()
-            .for_each(|(c, ((p2, m2), v2))| {
-                let base = c * CHUNK;
-                for i in 0..p2.len() {
-                    let k = base + i;
-                    let gi = g[k].to_f64();
-                    let mi = BETA1 * m[k].to_f64() + (1.0 - BETA1) * gi;
-                    let vi = BETA2 * v[k].to_f64() + (1.0 - BETA2) * gi * gi;
-                    let step = (mi / h.c1) / ((vi / h.c2).sqrt() + EPS);
-                    p2[i] = T::from_f64(p[k].to_f64() * decay - h.lr * step);
-                    m2[i] = T::from_f64(mi);
-                    v2[i] = T::from_f64(vi);
+    /// Elements per parallel task.
+    const CHUNK: usize = 4096;
+
+    /// The elements of a contiguous layout, mutably.
+    fn contiguous_mut<'a, T>(data: &'a mut [T], layout: &Layout) -> Result<&'a mut [T]> {
+        match layout.contiguous_offsets() {
+            Some((start, end)) => Ok(&mut data[start..end]),
+            None => candle_core::bail!("AdamW wants contiguous variables and moments"),
+        }
+    }
+
+    /// The elements of a contiguous layout.
+    fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
+        match layout.contiguous_offsets() {
+            Some((start, end)) => Ok(&data[start..end]),
+            None => candle_core::bail!("AdamW wants contiguous gradients"),
+        }
+    }
+
+    /// `m, v` (stacked) from the gradient.
+    struct Moments;
+
+    fn moments<T: WithDType>(mv: &mut [T], g: &[T]) {
+        let (m, v) = mv.split_at_mut(g.len());
+        m.par_chunks_mut(CHUNK)
+            .zip(v.par_chunks_mut(CHUNK))
+            .zip(g.par_chunks(CHUNK))
+            .for_each(|((m, v), g)| {
+                for ((m, v), g) in m.iter_mut().zip(v.iter_mut()).zip(g) {
+                    let g = g.to_f64();
+                    *m = T::from_f64(BETA1 * m.to_f64() + (1.0 - BETA1) * g);
+                    *v = T::from_f64(BETA2 * v.to_f64() + (1.0 - BETA2) * g * g);
                 }
             });
-        (p2, m2, v2)
     }
 
-    fn update<T: WithDType>(
-        p: &Tensor,
-        g: &Tensor,
-        m: &Tensor,
-        v: &Tensor,
-        h: Hyper,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
-        let (p2, m2, v2) = cpu_slice::<T, _>(p, |ps| {
-            cpu_slice::<T, _>(g, |gs| {
-                cpu_slice::<T, _>(m, |ms| cpu_slice::<T, _>(v, |vs| kernel(ps, gs, ms, vs, h)))
-            })
-        })????;
-        let back = |data: Vec<T>| Tensor::from_vec(data, p.dims(), p.device());
-        Ok((back(p2)?, back(m2)?, back(v2)?))
-    }
-
-    /// New `(parameter, first moment, second moment)`.
-    pub fn step(
-        p: &Tensor,
-        g: &Tensor,
-        m: &Tensor,
-        v: &Tensor,
-        h: Hyper,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
-        match p.dtype() {
-            candle_core::DType::F32 => update::<f32>(p, g, m, v, h),
-            _ => update::<f64>(p, g, m, v, h),
+    impl InplaceOp2 for Moments {
+        fn name(&self) -> &'static str {
+            "bfx-adamw-moments"
         }
+
+        fn cpu_fwd(
+            &self,
+            mv: &mut CpuStorage,
+            ml: &Layout,
+            g: &CpuStorage,
+            gl: &Layout,
+        ) -> Result<()> {
+            match (mv, g) {
+                (CpuStorage::F32(mv), CpuStorage::F32(g)) => {
+                    moments(contiguous_mut(mv, ml)?, contiguous(g, gl)?)
+                }
+                (CpuStorage::F64(mv), CpuStorage::F64(g)) => {
+                    moments(contiguous_mut(mv, ml)?, contiguous(g, gl)?)
+                }
+                (mv, _) => candle_core::bail!("AdamW runs on f32 or f64, not {:?}", mv.dtype()),
+            }
+            Ok(())
+        }
+    }
+
+    /// The variable from its (updated) moments.
+    struct Update(Hyper);
+
+    fn update<T: WithDType>(p: &mut [T], mv: &[T], h: Hyper) {
+        let (m, v) = mv.split_at(p.len());
+        let decay = 1.0 - h.lr * h.weight_decay;
+        p.par_chunks_mut(CHUNK)
+            .zip(m.par_chunks(CHUNK))
+            .zip(v.par_chunks(CHUNK))
+            .for_each(|((p, m), v)| {
+                for ((p, m), v) in p.iter_mut().zip(m).zip(v) {
+                    let step = (m.to_f64() / h.c1) / ((v.to_f64() / h.c2).sqrt() + EPS);
+                    *p = T::from_f64(p.to_f64() * decay - h.lr * step);
+                }
+            });
+    }
+
+    impl InplaceOp2 for Update {
+        fn name(&self) -> &'static str {
+            "bfx-adamw-update"
+        }
+
+        fn cpu_fwd(
+            &self,
+            p: &mut CpuStorage,
+            pl: &Layout,
+            mv: &CpuStorage,
+            ml: &Layout,
+        ) -> Result<()> {
+            match (p, mv) {
+                (CpuStorage::F32(p), CpuStorage::F32(mv)) => {
+                    update(contiguous_mut(p, pl)?, contiguous(mv, ml)?, self.0)
+                }
+                (CpuStorage::F64(p), CpuStorage::F64(mv)) => {
+                    update(contiguous_mut(p, pl)?, contiguous(mv, ml)?, self.0)
+                }
+                (p, _) => candle_core::bail!("AdamW runs on f32 or f64, not {:?}", p.dtype()),
+            }
+            Ok(())
+        }
+    }
+
+    /// Update the variable `p` and its moments `mv` (`[2, ..dims]`) in
+    /// place from the gradient `g`.
+    pub fn step(p: &Tensor, g: &Tensor, mv: &Tensor, h: Hyper) -> Result<()> {
+        if g.dims() != p.dims() || mv.elem_count() != 2 * p.elem_count() {
+            candle_core::bail!(
+                "AdamW: gradient {:?} or moments {:?} do not fit variable {:?}",
+                g.dims(),
+                mv.dims(),
+                p.dims()
+            );
+        }
+        mv.inplace_op2(&g.contiguous()?, &Moments)?;
+        p.inplace_op2(mv, &Update(h))
     }
 }
 
