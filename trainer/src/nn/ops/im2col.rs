@@ -175,6 +175,30 @@ impl Geometry {
         self.n * self.c * self.h * self.w
     }
 
+    /// For a stride-1 convolution whose output is as wide as its input
+    /// (a "same" convolution), output position `q = oh * w + ow` of
+    /// kernel tap `(i, j)` reads input position `q + shift` of the plane:
+    /// returns the positions of the valid output rows, the part of them
+    /// whose `q + shift` lies inside the plane, and `shift`. Entries of
+    /// that part in columns outside the tap's valid ones wrapped around
+    /// a row's edge and belong to the padding.
+    fn same_shift(&self, i: usize, j: usize) -> Option<(Range<usize>, Range<usize>, isize)> {
+        let (d, pad) = (self.cfg.dilation, self.cfg.padding);
+        if self.cfg.stride != 1 || self.wo != self.w {
+            return None;
+        }
+        let shift =
+            ((i * d) as isize - pad as isize) * self.w as isize + (j * d) as isize - pad as isize;
+        let rows_ok = self.valid(i * d, self.h, self.ho);
+        let rows = rows_ok.start * self.w..rows_ok.end * self.w;
+        let lo = rows.start.max(shift.min(0).unsigned_abs());
+        let hi = rows
+            .end
+            .min((self.h * self.w).saturating_add_signed(-shift))
+            .max(lo);
+        Some((rows, lo..hi, shift))
+    }
+
     /// Output positions `ow` whose input column `ow * stride + offset -
     /// padding` lies inside `0..width`, as a range.
     fn valid(&self, offset: usize, width: usize, outputs: usize) -> std::ops::Range<usize> {
@@ -211,6 +235,24 @@ pub fn im2col_into<T: WithDType>(x: &[T], g: &Geometry, imgs: Range<usize>, cols
                 // Only the entries that fall in the padding are zeroed.
                 out[..rows_ok.start * g.wo].fill(zero);
                 out[rows_ok.end * g.wo..].fill(zero);
+                if let Some((rows, inside, shift)) = g.same_shift(i, j) {
+                    // The valid rows in one copy rather than one per row
+                    // (rows are 2-16 elements in late ResNet stages), then
+                    // the entries that wrapped around a row's edge zeroed.
+                    out[rows.start..inside.start].fill(zero);
+                    out[inside.end..rows.end].fill(zero);
+                    out[inside.clone()].copy_from_slice(
+                        &plane[inside.start.saturating_add_signed(shift)
+                            ..inside.end.saturating_add_signed(shift)],
+                    );
+                    if cols_ok.len() < g.wo {
+                        for row in out[rows].chunks_mut(g.wo) {
+                            row[..cols_ok.start].fill(zero);
+                            row[cols_ok.end..].fill(zero);
+                        }
+                    }
+                    continue;
+                }
                 for oh in rows_ok.clone() {
                     let ih = oh * s + i * d - pad;
                     let src = &plane[ih * g.w..][..g.w];
@@ -233,11 +275,31 @@ pub fn im2col_into<T: WithDType>(x: &[T], g: &Geometry, imgs: Range<usize>, cols
 /// The adjoint of [`im2col_into`]: every patch entry of `cols` (the
 /// patch matrix of `b` images) added to the input position it came
 /// from, in `x` (`[b, c, h, w]`, those images' part of the input).
-pub fn col2im_add<T: WithDType>(cols: &[T], g: &Geometry, x: &mut [T]) {
+/// Entries of `cols` that fall in the padding may be zeroed.
+pub fn col2im_add<T: WithDType>(cols: &mut [T], g: &Geometry, x: &mut [T]) {
     let hw = g.h * g.w;
     let (p, b) = (g.p(), x.len() / (g.c * hw).max(1));
     let bp = b * p;
     let (s, d, pad) = (g.cfg.stride, g.cfg.dilation, g.cfg.padding);
+    if g.same_shift(0, 0).is_some() {
+        // Each tap's valid rows are then added in one run per plane; the
+        // entries in between that wrapped around a row's edge are padding,
+        // zeroed first so that they add nothing.
+        let zero = T::from_f64(0.0);
+        cols.par_chunks_mut(bp.max(1))
+            .enumerate()
+            .for_each(|(row, out)| {
+                let j = row % g.kw;
+                let cols_ok = g.valid(j * d, g.w, g.wo);
+                if cols_ok.len() < g.wo {
+                    for row in out.chunks_mut(g.wo) {
+                        row[..cols_ok.start].fill(zero);
+                        row[cols_ok.end..].fill(zero);
+                    }
+                }
+            });
+    }
+    let cols = &*cols;
     x.par_chunks_mut(hw.max(1))
         .enumerate()
         .for_each(|(q, plane)| {
@@ -247,6 +309,14 @@ pub fn col2im_add<T: WithDType>(cols: &[T], g: &Geometry, x: &mut [T]) {
                 for j in 0..g.kw {
                     let cols_ok = g.valid(j * d, g.w, g.wo);
                     let row = &cols[((c * g.kh + i) * g.kw + j) * bp + n * p..][..p];
+                    if let Some((_, inside, shift)) = g.same_shift(i, j) {
+                        let dst = &mut plane[inside.start.saturating_add_signed(shift)
+                            ..inside.end.saturating_add_signed(shift)];
+                        for (a, v) in dst.iter_mut().zip(&row[inside]) {
+                            *a += *v;
+                        }
+                        continue;
+                    }
                     for oh in rows_ok.clone() {
                         let ih = oh * s + i * d - pad;
                         let dst = &mut plane[ih * g.w..][..g.w];
