@@ -139,7 +139,7 @@ fn backward_chunks_with<T: WithDType>(
     // The weight gradient sums over every output position: a long inner
     // dimension and a small result, which one GEMM cannot split across
     // threads. Each thread sums its share of the columns into its own
-    // copy of dW (the first is `dw`), added up at the end.
+    // copy of dW, added up into the first at the end.
     let parts = threads().max(1);
     let mut dw_parts = if x.is_some() {
         vec![zero; parts * g.o * k]
@@ -187,6 +187,8 @@ fn backward_chunks_with<T: WithDType>(
             }
         }
         dw_parts.truncate(g.o * k);
+        // The gradient tensor keeps this buffer until the optimizer step.
+        dw_parts.shrink_to_fit();
     }
     (dw_parts, dx)
 }

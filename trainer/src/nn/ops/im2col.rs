@@ -191,7 +191,9 @@ impl Geometry {
             ((i * d) as isize - pad as isize) * self.w as isize + (j * d) as isize - pad as isize;
         let rows_ok = self.valid(i * d, self.h, self.ho);
         let rows = rows_ok.start * self.w..rows_ok.end * self.w;
-        let lo = rows.start.max(shift.min(0).unsigned_abs());
+        // Clamped into `rows`: a tap may miss the plane entirely (a 3x3
+        // kernel's corner on a 1x1 plane).
+        let lo = rows.start.max(shift.min(0).unsigned_abs()).min(rows.end);
         let hi = rows
             .end
             .min((self.h * self.w).saturating_add_signed(-shift))
@@ -241,10 +243,12 @@ pub fn im2col_into<T: WithDType>(x: &[T], g: &Geometry, imgs: Range<usize>, cols
                     // the entries that wrapped around a row's edge zeroed.
                     out[rows.start..inside.start].fill(zero);
                     out[inside.end..rows.end].fill(zero);
-                    out[inside.clone()].copy_from_slice(
-                        &plane[inside.start.saturating_add_signed(shift)
-                            ..inside.end.saturating_add_signed(shift)],
-                    );
+                    if !inside.is_empty() {
+                        out[inside.clone()].copy_from_slice(
+                            &plane[inside.start.saturating_add_signed(shift)
+                                ..inside.end.saturating_add_signed(shift)],
+                        );
+                    }
                     if cols_ok.len() < g.wo {
                         for row in out[rows].chunks_mut(g.wo) {
                             row[..cols_ok.start].fill(zero);
@@ -310,6 +314,9 @@ pub fn col2im_add<T: WithDType>(cols: &mut [T], g: &Geometry, x: &mut [T]) {
                     let cols_ok = g.valid(j * d, g.w, g.wo);
                     let row = &cols[((c * g.kh + i) * g.kw + j) * bp + n * p..][..p];
                     if let Some((_, inside, shift)) = g.same_shift(i, j) {
+                        if inside.is_empty() {
+                            continue;
+                        }
                         let dst = &mut plane[inside.start.saturating_add_signed(shift)
                             ..inside.end.saturating_add_signed(shift)];
                         for (a, v) in dst.iter_mut().zip(&row[inside]) {

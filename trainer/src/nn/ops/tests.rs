@@ -57,7 +57,7 @@ fn value_and_grads(
 /// Shapes the models use (ResNet stem, 3x3 and strided 1x1 blocks) plus
 /// dilation, odd sizes and groups. Square, because Candle's own backward
 /// pads a strided input gradient by one amount for both axes.
-const CONVS: [([usize; 4], [usize; 4], ConvConfig); 7] = [
+const CONVS: [([usize; 4], [usize; 4], ConvConfig); 9] = [
     (
         [2, 5, 19, 17],
         [4, 5, 7, 7],
@@ -126,6 +126,28 @@ const CONVS: [([usize; 4], [usize; 4], ConvConfig); 7] = [
             padding: 1,
             dilation: 1,
             groups: 3,
+        },
+    ),
+    // The last ResNet stages on small images: planes of 2x2 and 1x1
+    // under a 3x3 kernel, where most taps fall entirely in the padding.
+    (
+        [2, 3, 2, 2],
+        [4, 3, 3, 3],
+        ConvConfig {
+            stride: 1,
+            padding: 1,
+            dilation: 1,
+            groups: 1,
+        },
+    ),
+    (
+        [3, 2, 1, 1],
+        [4, 2, 3, 3],
+        ConvConfig {
+            stride: 1,
+            padding: 1,
+            dilation: 1,
+            groups: 1,
         },
     ),
 ];
