@@ -135,6 +135,7 @@ mod fused {
     use rayon::prelude::*;
 
     use super::{BETA1, BETA2, EPS};
+    use crate::nn::ops::{contiguous, contiguous_mut};
 
     /// Learning rate, decay and this step's bias corrections.
     #[derive(Clone, Copy)]
@@ -147,22 +148,6 @@ mod fused {
 
     /// Elements per parallel task.
     const CHUNK: usize = 4096;
-
-    /// The elements of a contiguous layout, mutably.
-    fn contiguous_mut<'a, T>(data: &'a mut [T], layout: &Layout) -> Result<&'a mut [T]> {
-        match layout.contiguous_offsets() {
-            Some((start, end)) => Ok(&mut data[start..end]),
-            None => candle_core::bail!("AdamW wants contiguous variables and moments"),
-        }
-    }
-
-    /// The elements of a contiguous layout.
-    fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
-        match layout.contiguous_offsets() {
-            Some((start, end)) => Ok(&data[start..end]),
-            None => candle_core::bail!("AdamW wants contiguous gradients"),
-        }
-    }
 
     /// `m, v` (stacked) from the gradient.
     struct Moments;

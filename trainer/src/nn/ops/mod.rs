@@ -66,9 +66,20 @@ pub(crate) fn cpu_slice<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) 
 
 /// The elements of a contiguous layout (the dispatch functions make
 /// every input contiguous before applying an op).
-fn contiguous<'a, T>(data: &'a [T], layout: &candle_core::Layout) -> Result<&'a [T]> {
+pub(crate) fn contiguous<'a, T>(data: &'a [T], layout: &candle_core::Layout) -> Result<&'a [T]> {
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("bfx ops want contiguous inputs"),
+    }
+}
+
+/// The elements of a contiguous layout, mutably (in-place ops).
+pub(crate) fn contiguous_mut<'a, T>(
+    data: &'a mut [T],
+    layout: &candle_core::Layout,
+) -> Result<&'a mut [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&mut data[start..end]),
         None => candle_core::bail!("bfx ops want contiguous inputs"),
     }
 }
