@@ -229,8 +229,9 @@ pub fn im2col_into<T: WithDType>(x: &[T], g: &Geometry, imgs: Range<usize>, cols
             let (c, i, j) = (row / (g.kh * g.kw), (row / g.kw) % g.kh, row % g.kw);
             let cols_ok = g.valid(j * d, g.w, g.wo);
             let rows_ok = g.valid(i * d, g.h, g.ho);
-            // Input column of the first valid output column.
-            let first = cols_ok.start * s + j * d - pad;
+            // Input column of the first valid output column (unused, and
+            // not below zero, when no column is valid).
+            let first = (cols_ok.start * s + j * d).saturating_sub(pad);
             for (slot, n) in imgs.clone().enumerate() {
                 let plane = &x[(n * g.c + c) * hw..][..hw];
                 let out = &mut out[slot * p..][..p];
@@ -264,6 +265,9 @@ pub fn im2col_into<T: WithDType>(x: &[T], g: &Geometry, imgs: Range<usize>, cols
                     dst[..cols_ok.start].fill(zero);
                     dst[cols_ok.end..].fill(zero);
                     let dst = &mut dst[cols_ok.clone()];
+                    if dst.is_empty() {
+                        continue;
+                    }
                     if s == 1 {
                         dst.copy_from_slice(&src[first..first + dst.len()]);
                     } else {
@@ -328,7 +332,7 @@ pub fn col2im_add<T: WithDType>(cols: &mut [T], g: &Geometry, x: &mut [T]) {
                         let ih = oh * s + i * d - pad;
                         let dst = &mut plane[ih * g.w..][..g.w];
                         let src = &row[oh * g.wo..][..g.wo];
-                        let first = cols_ok.start * s + j * d - pad;
+                        let first = (cols_ok.start * s + j * d).saturating_sub(pad);
                         if s == 1 {
                             let dst = &mut dst[first..first + cols_ok.len()];
                             for (a, v) in dst.iter_mut().zip(&src[cols_ok.clone()]) {

@@ -57,7 +57,7 @@ fn value_and_grads(
 /// Shapes the models use (ResNet stem, 3x3 and strided 1x1 blocks) plus
 /// dilation, odd sizes and groups. Square, because Candle's own backward
 /// pads a strided input gradient by one amount for both axes.
-const CONVS: [([usize; 4], [usize; 4], ConvConfig); 9] = [
+const CONVS: [([usize; 4], [usize; 4], ConvConfig); 10] = [
     (
         [2, 5, 19, 17],
         [4, 5, 7, 7],
@@ -146,6 +146,17 @@ const CONVS: [([usize; 4], [usize; 4], ConvConfig); 9] = [
         ConvConfig {
             stride: 1,
             padding: 1,
+            dilation: 1,
+            groups: 1,
+        },
+    ),
+    // A stem on a 1x1 image: no tap but the centre sees a pixel.
+    (
+        [2, 3, 1, 1],
+        [2, 3, 7, 7],
+        ConvConfig {
+            stride: 2,
+            padding: 3,
             dilation: 1,
             groups: 1,
         },
