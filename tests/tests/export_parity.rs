@@ -23,6 +23,7 @@ use candle_nn::VarMap;
 use ort::session::Session;
 use ort::value::{DynValue, Tensor as OrtTensor};
 
+/// Largest difference allowed, relative to the outputs' scale (at least 1).
 const TOLERANCE: f32 = 1e-4;
 const SIZES: [usize; 3] = [1, 3, 32];
 /// Not square, so a swapped height and width would fail.
@@ -150,7 +151,14 @@ fn assert_close(what: &str, got: &[f32], want: &[f32]) {
         .zip(want)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
-    assert!(diff <= TOLERANCE, "{what}: max abs difference {diff}");
+    // Relative to the output's scale (at least 1): f32 rounding grows
+    // with it, and two GEMMs summing in another order moved a logit of
+    // 15.5 by 1.2e-4 (AVX-512 kernels against ONNX Runtime's).
+    let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    assert!(
+        diff <= TOLERANCE * scale,
+        "{what}: max abs difference {diff} (outputs up to {scale})"
+    );
 }
 
 /// `n` noise images of the bundle's input shape, for Candle and for ORT.
