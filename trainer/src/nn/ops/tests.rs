@@ -54,6 +54,24 @@ fn value_and_grads(
     )
 }
 
+/// Output, input gradient and weight gradient of two `value_and_grads`
+/// agree to `tolerance` (relative); `case` names the comparison.
+fn assert_agree(
+    ours: &(Tensor, Tensor, Tensor),
+    reference: &(Tensor, Tensor, Tensor),
+    tolerance: f64,
+    case: &str,
+) {
+    for (what, a, b) in [
+        ("output", &ours.0, &reference.0),
+        ("input gradient", &ours.1, &reference.1),
+        ("weight gradient", &ours.2, &reference.2),
+    ] {
+        let d = rel_diff(a, b);
+        assert!(d < tolerance, "{case}: {what} differs by {d}");
+    }
+}
+
 /// Shapes the models use (ResNet stem, 3x3 and strided 1x1 blocks) plus
 /// dilation, odd sizes and groups. Square, because Candle's own backward
 /// pads a strided input gradient by one amount for both axes.
@@ -173,14 +191,12 @@ fn convolution_matches_candle_forward_and_backward() {
             let reference = value_and_grads(&x, &w, &|x, w| {
                 x.conv2d(w, cfg.padding, cfg.stride, cfg.dilation, cfg.groups)
             });
-            for (what, a, b) in [
-                ("output", &ours.0, &reference.0),
-                ("input gradient", &ours.1, &reference.1),
-                ("weight gradient", &ours.2, &reference.2),
-            ] {
-                let d = rel_diff(a, b);
-                assert!(d < 1e-5, "{what} of {xs:?} * {ws:?} {cfg:?} {dtype:?}: {d}");
-            }
+            assert_agree(
+                &ours,
+                &reference,
+                1e-5,
+                &format!("{xs:?} * {ws:?} {cfg:?} {dtype:?}"),
+            );
         }
     }
 }
@@ -268,14 +284,12 @@ fn transposed_convolution_matches_candle_and_finite_differences() {
         let reference = value_and_grads(&x, &w, &|x, w| {
             x.conv_transpose2d(w, cfg.padding, *op, cfg.stride, cfg.dilation)
         });
-        for (what, a, b) in [
-            ("output", &ours.0, &reference.0),
-            ("input gradient", &ours.1, &reference.1),
-            ("weight gradient", &ours.2, &reference.2),
-        ] {
-            let d = rel_diff(a, b);
-            assert!(d < 1e-10, "{what} of {xs:?} * {ws:?} {cfg:?}: {d}");
-        }
+        assert_agree(
+            &ours,
+            &reference,
+            1e-10,
+            &format!("{xs:?} * {ws:?} {cfg:?}"),
+        );
         let dx = max_error(&x, &|x| conv_transpose2d(x, &w, *cfg, *op)).unwrap();
         let dw = max_error(&w, &|w| conv_transpose2d(&x, w, *cfg, *op)).unwrap();
         assert!(
@@ -352,14 +366,7 @@ fn fused_normalization_matches_the_composite_one() {
         let (mean, var) = batch_stats(x)?;
         normalize(x, &mean, &var, 1e-5, w, &b)
     });
-    for (what, a, r) in [
-        ("output", &ours.0, &reference.0),
-        ("dx", &ours.1, &reference.1),
-        ("dw", &ours.2, &reference.2),
-    ] {
-        let d = rel_diff(a, r);
-        assert!(d < 1e-5, "batch norm {what}: {d}");
-    }
+    assert_agree(&ours, &reference, 1e-5, "batch norm");
     // Given statistics are constants.
     let (mean, var) = batch_stats(&random(&[2, 4, 3, 3], 14)).unwrap();
     let (mean, var) = (
@@ -370,14 +377,7 @@ fn fused_normalization_matches_the_composite_one() {
         normalize_given(x, &mean, &var, 1e-5, w, &b, false)
     });
     let reference = value_and_grads(&x, &w, &|x, w| normalize(x, &mean, &var, 1e-5, w, &b));
-    for (what, a, r) in [
-        ("output", &ours.0, &reference.0),
-        ("dx", &ours.1, &reference.1),
-        ("dw", &ours.2, &reference.2),
-    ] {
-        let d = rel_diff(a, r);
-        assert!(d < 1e-5, "given statistics {what}: {d}");
-    }
+    assert_agree(&ours, &reference, 1e-5, "given statistics");
     // InstanceNorm against candle-nn's GroupNorm with a group per channel.
     let group = candle_nn::GroupNorm::new(w.clone(), b.clone(), 4, 4, 1e-5).unwrap();
     let ours = value_and_grads(&x, &w, &|x, w| {
@@ -444,14 +444,7 @@ fn normalization_with_relu_matches_the_two_ops() {
             (0.1..0.9).contains(&cut),
             "{name}: {cut} of the outputs cut"
         );
-        for (what, a, r) in [
-            ("output", &fused.0, &apart.0),
-            ("dx", &fused.1, &apart.1),
-            ("dw", &fused.2, &apart.2),
-        ] {
-            let d = rel_diff(a, r);
-            assert!(d < 1e-5, "{name} norm + relu {what}: {d}");
-        }
+        assert_agree(&fused, &apart, 1e-5, &format!("{name} norm + relu"));
     }
 }
 
