@@ -232,13 +232,14 @@ pub fn im2col_into<T: WithDType>(x: &[T], g: &Geometry, imgs: Range<usize>, cols
             // Input column of the first valid output column (unused, and
             // not below zero, when no column is valid).
             let first = (cols_ok.start * s + j * d).saturating_sub(pad);
+            let same = g.same_shift(i, j);
             for (slot, n) in imgs.clone().enumerate() {
                 let plane = &x[(n * g.c + c) * hw..][..hw];
                 let out = &mut out[slot * p..][..p];
                 // Only the entries that fall in the padding are zeroed.
                 out[..rows_ok.start * g.wo].fill(zero);
                 out[rows_ok.end * g.wo..].fill(zero);
-                if let Some((rows, inside, shift)) = g.same_shift(i, j) {
+                if let Some((rows, inside, shift)) = same.clone() {
                     // The valid rows in one copy rather than one per row
                     // (rows are 2-16 elements in late ResNet stages), then
                     // the entries that wrapped around a row's edge zeroed.
@@ -289,7 +290,11 @@ pub fn col2im_add<T: WithDType>(cols: &mut [T], g: &Geometry, x: &mut [T]) {
     let (p, b) = (g.p(), x.len() / (g.c * hw).max(1));
     let bp = b * p;
     let (s, d, pad) = (g.cfg.stride, g.cfg.dilation, g.cfg.padding);
-    if g.same_shift(0, 0).is_some() {
+    // Per kernel tap (i, j), row-major.
+    let same: Vec<_> = (0..g.kh * g.kw)
+        .map(|t| g.same_shift(t / g.kw, t % g.kw))
+        .collect();
+    if same.first().is_some_and(Option::is_some) {
         // Each tap's valid rows are then added in one run per plane; the
         // entries in between that wrapped around a row's edge are padding,
         // zeroed first so that they add nothing.
@@ -317,7 +322,7 @@ pub fn col2im_add<T: WithDType>(cols: &mut [T], g: &Geometry, x: &mut [T]) {
                 for j in 0..g.kw {
                     let cols_ok = g.valid(j * d, g.w, g.wo);
                     let row = &cols[((c * g.kh + i) * g.kw + j) * bp + n * p..][..p];
-                    if let Some((_, inside, shift)) = g.same_shift(i, j) {
+                    if let Some((_, inside, shift)) = same[i * g.kw + j].clone() {
                         if inside.is_empty() {
                             continue;
                         }
