@@ -43,13 +43,25 @@ pub fn forward<T: Scratch>(x: &[T], w: &[T], g: &Geometry) -> Vec<T> {
     forward_in_chunks(x, w, g, images_per_chunk::<T>(g))
 }
 
+/// Run `f` on this thread's scratch memory split into a patch matrix
+/// (`groups * k * b * p`) and an output-shaped buffer (`o * b * p`) for
+/// chunks of `b` images.
+fn with_chunk_scratch<T: Scratch, R>(
+    g: &Geometry,
+    b: usize,
+    f: impl FnOnce(&mut [T], &mut [T]) -> R,
+) -> R {
+    let cols_len = g.cfg.groups * g.k() * b * g.p();
+    T::with_scratch(cols_len + g.o * b * g.p(), |scratch| {
+        let (cols, out) = scratch.split_at_mut(cols_len);
+        f(cols, out)
+    })
+}
+
 fn forward_in_chunks<T: Scratch>(x: &[T], w: &[T], g: &Geometry, b: usize) -> Vec<T> {
-    let (p, k, groups) = (g.p(), g.k(), g.cfg.groups);
-    let mut y = vec![T::from_f64(0.0); g.n * g.o * p];
-    let cols_len = groups * k * b * p;
-    T::with_scratch(cols_len + g.o * b * p, |scratch| {
-        let (cols, yt) = scratch.split_at_mut(cols_len);
-        forward_chunks_into(x, w, g, b, cols, yt, &mut y);
+    let mut y = vec![T::from_f64(0.0); g.n * g.o * g.p()];
+    with_chunk_scratch(g, b, |cols, yt| {
+        forward_chunks_into(x, w, g, b, cols, yt, &mut y)
     });
     y
 }
@@ -115,9 +127,7 @@ fn backward_in_chunks<T: Scratch>(
     g: &Geometry,
     b: usize,
 ) -> (Vec<T>, Vec<T>) {
-    let cols_len = g.cfg.groups * g.k() * b * g.p();
-    T::with_scratch(cols_len + g.o * b * g.p(), |scratch| {
-        let (cols, dyt) = scratch.split_at_mut(cols_len);
+    with_chunk_scratch(g, b, |cols, dyt| {
         backward_chunks_with(x, w, dy, g, b, cols, dyt)
     })
 }
