@@ -17,6 +17,7 @@ use ort::session::Session;
 use ort::value::{DynValue, Tensor};
 use thiserror::Error;
 
+use crate::model_input::SiteBatch;
 use crate::runtime::OnnxRuntime;
 
 /// Why inference failed.
@@ -182,12 +183,15 @@ impl Engine {
         &self.bundle
     }
 
-    /// Embeddings of `sites` (each `[tiles, c, h, w]`) with the training statistics.
-    pub fn embed(&mut self, sites: &[Array4<f32>]) -> Result<Array2<f32>, EngineError> {
-        let (batch, tiles) = stack(sites)?;
+    /// Embeddings of the sites of `batch` with the training statistics.
+    pub fn embed(&mut self, batch: SiteBatch) -> Result<Array2<f32>, EngineError> {
+        let tiles = batch.tiles().to_vec();
         let outputs = self
             .predictor
-            .run(vec![("image".to_string(), image_value(batch)?)])
+            .run(vec![(
+                "image".to_string(),
+                image_value(batch.into_images())?,
+            )])
             .map_err(run_error)?;
         site_means(&embedding(&outputs)?, &tiles)
     }
@@ -197,7 +201,7 @@ impl Engine {
     /// predictor's embeddings averaged over the site's images and styles.
     pub fn embed_ist(
         &mut self,
-        sites: &[Array4<f32>],
+        sites: &SiteBatch,
         keys: &[String],
         styles: usize,
     ) -> Result<Array2<f32>, EngineError> {
@@ -209,15 +213,16 @@ impl Engine {
         let mut images = Vec::new();
         let mut codes = Vec::new();
         let mut counts = Vec::with_capacity(sites.len());
-        for (site, key) in sites.iter().zip(keys) {
+        let mut tiles = sites.images().outer_iter();
+        for (&n, key) in sites.tiles().iter().zip(keys) {
             let picks = styles_for(key, k, bank.len());
-            for tile in site.outer_iter() {
+            for tile in tiles.by_ref().take(n) {
                 for &p in &picks {
                     images.push(tile.insert_axis(Axis(0)));
                     codes.extend_from_slice(bank.code(p));
                 }
             }
-            counts.push(site.dim().0 * k);
+            counts.push(n * k);
         }
         let batch = concatenate(Axis(0), &images).map_err(run_error)?;
         let style = Tensor::from_array((vec![codes.len() / bank.dim, bank.dim], codes))
@@ -243,16 +248,18 @@ impl Engine {
         site_means(&embedding(&outputs)?, &counts)
     }
 
-    /// The BatchNorm statistics of `sites` taken together (AdaBN).
-    pub fn plate_stats(&mut self, sites: &[Array4<f32>]) -> Result<PlateStats, EngineError> {
+    /// The BatchNorm statistics of the sites of `batch` taken together (AdaBN).
+    pub fn plate_stats(&mut self, batch: SiteBatch) -> Result<PlateStats, EngineError> {
         let layers = self.bundle.manifest.adabn_layers.clone();
         let session = self
             .stats
             .as_mut()
             .ok_or(EngineError::Missing("predictor_stats"))?;
-        let (batch, _) = stack(sites)?;
         let outputs = session
-            .run(vec![("image".to_string(), image_value(batch)?)])
+            .run(vec![(
+                "image".to_string(),
+                image_value(batch.into_images())?,
+            )])
             .map_err(run_error)?;
         let get = |name: String| -> Result<Vec<f32>, EngineError> {
             let (_, data) = outputs[name.as_str()]
@@ -272,10 +279,10 @@ impl Engine {
         Ok(PlateStats { layers })
     }
 
-    /// Embeddings of `sites` normalized with a plate's statistics.
+    /// Embeddings of the sites of `batch` normalized with a plate's statistics.
     pub fn embed_with(
         &mut self,
-        sites: &[Array4<f32>],
+        batch: SiteBatch,
         stats: &PlateStats,
     ) -> Result<Array2<f32>, EngineError> {
         let layers = self.bundle.manifest.adabn_layers.clone();
@@ -283,8 +290,9 @@ impl Engine {
             .plate
             .as_mut()
             .ok_or(EngineError::Missing("predictor_plate"))?;
-        let (batch, tiles) = stack(sites)?;
-        let mut inputs: Vec<(String, DynValue)> = vec![("image".to_string(), image_value(batch)?)];
+        let tiles = batch.tiles().to_vec();
+        let mut inputs: Vec<(String, DynValue)> =
+            vec![("image".to_string(), image_value(batch.into_images())?)];
         for (l, (m, v)) in layers.iter().zip(&stats.layers) {
             for (suffix, values) in [("mean", m), ("var", v)] {
                 let t =
@@ -317,13 +325,6 @@ pub fn styles_for(key: &str, k: usize, bank: usize) -> Vec<usize> {
 
 fn image_value(batch: Array4<f32>) -> Result<DynValue, EngineError> {
     Ok(Tensor::from_array(batch).map_err(run_error)?.into_dyn())
-}
-
-/// One batch of every site's images, and how many images each site has.
-fn stack(sites: &[Array4<f32>]) -> Result<(Array4<f32>, Vec<usize>), EngineError> {
-    let views: Vec<_> = sites.iter().map(|s| s.view()).collect();
-    let batch = concatenate(Axis(0), &views).map_err(run_error)?;
-    Ok((batch, sites.iter().map(|s| s.dim().0).collect()))
 }
 
 fn embedding(outputs: &ort::session::SessionOutputs<'_>) -> Result<Array2<f32>, EngineError> {

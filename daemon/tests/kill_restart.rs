@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use bfx_core::bundle::Bundle;
 use bfx_core::image::ReadOptions;
 use bfx_daemon::engine::Engine;
+use bfx_daemon::model_input::SiteBatch;
 
 mod common;
 use common::{PLATES, acquisition_of, bundle, committed_rows, noise, python, python_json, start};
@@ -183,7 +184,7 @@ fn kill_9_and_restart_lose_and_duplicate_nothing() {
                 paths.as_str().expect("text"),
             )
             .expect("site");
-            let want = engine.embed(&[input]).expect("offline");
+            let want = engine.embed(SiteBatch::single(input)).expect("offline");
             let got: Vec<f32> = plate["X"][i]
                 .as_array()
                 .expect("row")

@@ -9,7 +9,7 @@ use bfx_core::bundle::Bundle;
 use bfx_core::image::ReadOptions;
 use bfx_core::preprocess::SiteFiles;
 use bfx_daemon::engine::Engine;
-use bfx_daemon::model_input::site_array;
+use bfx_daemon::model_input::{SiteBatch, site_array};
 
 mod common;
 use common::{bundle_named, committed_rows, python_json, start, write_tiff};
@@ -57,7 +57,11 @@ fn offline(bundle: &Path, files: &[PathBuf]) -> Vec<f32> {
             .collect(),
     );
     let input = site_array(&spec, &files, &ReadOptions::default()).expect("site");
-    engine.embed(&[input]).expect("embedding").row(0).to_vec()
+    engine
+        .embed(SiteBatch::single(input))
+        .expect("embedding")
+        .row(0)
+        .to_vec()
 }
 
 fn close(a: &[f32], b: &[f32]) -> bool {

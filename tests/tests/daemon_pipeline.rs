@@ -13,6 +13,7 @@ use bfx_config::daemon::InferenceConfig;
 use bfx_core::bundle::Bundle;
 use bfx_core::image::ReadOptions;
 use bfx_daemon::engine::{Engine, PlateStats};
+use bfx_daemon::model_input::SiteBatch;
 use bfx_tests::run_python;
 
 const PLATES: [&str; 2] = ["S2P1", "S2P2"];
@@ -166,19 +167,16 @@ fn run_mode(screen: &Path, bundle_dir: &Path, mode: &str) {
                 paths.as_str().expect("text"),
             )
             .expect("site reads");
+            let site = SiteBatch::single(input);
             let want = match (&stats, mode) {
-                (Some(s), _) => engine.embed_with(std::slice::from_ref(&input), s),
-                (None, "ist") => engine.embed_ist(
-                    std::slice::from_ref(&input),
-                    &[index[i].to_string()],
-                    IST_STYLES,
-                ),
-                (None, _) => engine.embed(std::slice::from_ref(&input)),
+                (Some(s), _) => engine.embed_with(site.clone(), s),
+                (None, "ist") => engine.embed_ist(&site, &[index[i].to_string()], IST_STYLES),
+                (None, _) => engine.embed(site.clone()),
             }
             .expect("offline embedding");
             if mode == "ist" {
                 // The restyled site is not embedded as the plain one.
-                let plain = engine.embed(&[input]).expect("plain embedding");
+                let plain = engine.embed(site).expect("plain embedding");
                 let moved = plain
                     .iter()
                     .zip(&want)

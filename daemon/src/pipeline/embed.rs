@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use super::SinkMsg;
 use super::prepare::{InputMsg, SiteInfo};
 use crate::engine::{Engine, EngineError, PlateStats};
-use crate::model_input::to_array;
+use crate::model_input::{SiteBatch, to_array};
 use crate::store::{PlateInfo, Row, RowStatus};
 use crate::telemetry;
 
@@ -73,6 +73,12 @@ pub fn stored_site_input(
         .map_err(|e| e.to_string())
 }
 
+/// Early sites' inputs as one batch.
+fn stack<'a>(early: impl Iterator<Item = &'a Early>) -> Result<SiteBatch, EngineError> {
+    let views: Vec<_> = early.map(|e| e.input.view()).collect();
+    SiteBatch::stack(&views).map_err(|e| EngineError::Run(e.to_string()))
+}
+
 fn digest(key: &SiteKey) -> String {
     bfx_core::bundle::hex_sha256(key.to_string().as_bytes())
 }
@@ -114,8 +120,8 @@ impl EmbedStage {
                 self.others.push(engine);
             }
             let out = match msg {
-                InputMsg::Batch(plate, sites, arrays) => {
-                    self.with_plate_engine(&plate, |s| s.batch(&plate, sites, arrays))
+                InputMsg::Batch(plate, sites, inputs) => {
+                    self.with_plate_engine(&plate, |s| s.batch(&plate, sites, inputs))
                 }
                 InputMsg::Close(plate) => {
                     let mut out = self.with_plate_engine(&plate, |s| s.finalize(&plate));
@@ -174,25 +180,20 @@ impl EmbedStage {
         Vec::new()
     }
 
-    fn batch(
-        &mut self,
-        plate: &str,
-        sites: Vec<SiteInfo>,
-        arrays: Vec<Array4<f32>>,
-    ) -> Vec<SinkMsg> {
+    fn batch(&mut self, plate: &str, sites: Vec<SiteInfo>, inputs: SiteBatch) -> Vec<SinkMsg> {
         let started = Instant::now();
         let mode = self.config.mode;
         let result = match mode {
-            CorrectionMode::Adabn => self.adabn(plate, &sites, arrays),
+            CorrectionMode::Adabn => self.adabn(plate, &sites, inputs),
             CorrectionMode::Ist => {
                 let keys: Vec<String> = sites.iter().map(|i| i.key.to_string()).collect();
                 self.engine
-                    .embed_ist(&arrays, &keys, self.config.ist_styles)
+                    .embed_ist(&inputs, &keys, self.config.ist_styles)
                     .map(|e| (e, RowStatus::Final, Vec::new()))
             }
             CorrectionMode::None => self
                 .engine
-                .embed(&arrays)
+                .embed(inputs)
                 .map(|e| (e, RowStatus::Final, Vec::new())),
         };
         let (embeddings, status, mut before) = match result {
@@ -229,12 +230,12 @@ impl EmbedStage {
         &mut self,
         plate: &str,
         sites: &[SiteInfo],
-        arrays: Vec<Array4<f32>>,
+        inputs: SiteBatch,
     ) -> Result<(Array2<f32>, RowStatus, Vec<SinkMsg>), EngineError> {
         let state = self.plates.entry(plate.to_string()).or_default();
         if let Some(stats) = &state.stats {
             return Ok((
-                self.engine.embed_with(&arrays, stats)?,
+                self.engine.embed_with(inputs, stats)?,
                 RowStatus::Final,
                 Vec::new(),
             ));
@@ -242,24 +243,24 @@ impl EmbedStage {
         let already = state.early.len();
         state
             .early
-            .extend(sites.iter().zip(&arrays).map(|(i, input)| Early {
+            .extend(sites.iter().zip(inputs.sites()).map(|(i, input)| Early {
                 key: i.key.clone(),
-                input: input.clone(),
+                input: input.to_owned(),
             }));
         if state.early.len() >= self.config.min_sites {
             let stats = self.sample_stats(plate)?;
             let mut msgs = self.update_early(plate, &stats, already)?;
-            let embeddings = self.engine.embed_with(&arrays, &stats)?;
+            let embeddings = self.engine.embed_with(inputs, &stats)?;
             msgs.insert(0, SinkMsg::Stats(plate.to_string(), stats.flatten()));
             let state = self.plates.entry(plate.to_string()).or_default();
             state.early.clear();
             state.stats = Some(stats);
             return Ok((embeddings, RowStatus::Final, msgs));
         }
-        let early: Vec<Array4<f32>> = state.early.iter().map(|e| e.input.clone()).collect();
-        let stats = self.engine.plate_stats(&early)?;
+        let early = stack(state.early.iter())?;
+        let stats = self.engine.plate_stats(early)?;
         Ok((
-            self.engine.embed_with(&arrays, &stats)?,
+            self.engine.embed_with(inputs, &stats)?,
             RowStatus::Provisional,
             Vec::new(),
         ))
@@ -275,12 +276,13 @@ impl EmbedStage {
             .map(|(i, e)| (digest(&e.key), i))
             .collect();
         order.sort();
-        let sample: Vec<Array4<f32>> = order
-            .iter()
-            .take(self.config.sample_sites)
-            .map(|(_, i)| state.early[*i].input.clone())
-            .collect();
-        self.engine.plate_stats(&sample)
+        let sample = stack(
+            order
+                .iter()
+                .take(self.config.sample_sites)
+                .map(|(_, i)| &state.early[*i]),
+        )?;
+        self.engine.plate_stats(sample)
     }
 
     /// Final embeddings of the first `count` early sites (already stored as provisional).
@@ -294,18 +296,13 @@ impl EmbedStage {
         if count == 0 {
             return Ok(Vec::new());
         }
-        let keys: Vec<SiteKey> = state.early[..count].iter().map(|e| e.key.clone()).collect();
-        let arrays: Vec<Array4<f32>> = state.early[..count]
-            .iter()
-            .map(|e| e.input.clone())
-            .collect();
         let mut updates = Vec::new();
-        for (chunk_keys, chunk) in keys.chunks(64).zip(arrays.chunks(64)) {
-            let e = self.engine.embed_with(chunk, stats)?;
+        for chunk in state.early[..count].chunks(64) {
+            let e = self.engine.embed_with(stack(chunk.iter())?, stats)?;
             updates.extend(
-                chunk_keys
+                chunk
                     .iter()
-                    .cloned()
+                    .map(|early| early.key.clone())
                     .zip(e.rows().into_iter().map(|r| r.to_vec())),
             );
         }

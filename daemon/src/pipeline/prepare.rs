@@ -1,7 +1,8 @@
 //! Stage 5, model inputs: each batch's sites preprocessed with bfx-core
 //! (the function the trainer used) on the blocking pool, so the inference
-//! thread runs nothing but the model. A site that cannot be preprocessed
-//! is refused here with its reason.
+//! thread runs nothing but the model (the batch arrives stacked, as the
+//! graphs take it). A site that cannot be preprocessed is refused here
+//! with its reason.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,12 +10,11 @@ use std::time::{Instant, SystemTime};
 
 use bfx_core::naming::SiteKey;
 use bfx_core::preprocess::PreprocessSpec;
-use ndarray::Array4;
 use tokio::sync::mpsc;
 
 use super::{BatchMsg, CompleteSite};
 use crate::journal::{Event, Journal};
-use crate::model_input::to_array;
+use crate::model_input::{SiteBatch, to_array};
 use crate::telemetry;
 
 /// A site of a batch, without its pixels.
@@ -32,7 +32,7 @@ pub struct SiteInfo {
 /// Stage output.
 pub enum InputMsg {
     /// Sites of one plate and their model inputs, in the same order.
-    Batch(String, Vec<SiteInfo>, Vec<Array4<f32>>),
+    Batch(String, Vec<SiteInfo>, SiteBatch),
     /// A plate closed (after its last batch).
     Close(String),
 }
@@ -42,7 +42,7 @@ pub fn prepare(
     spec: &PreprocessSpec,
     journal: &Journal,
     sites: Vec<CompleteSite>,
-) -> (Vec<SiteInfo>, Vec<Array4<f32>>) {
+) -> (Vec<SiteInfo>, SiteBatch) {
     let mut infos = Vec::with_capacity(sites.len());
     let mut inputs = Vec::with_capacity(sites.len());
     for site in sites {
@@ -69,7 +69,11 @@ pub fn prepare(
             }
         }
     }
-    (infos, inputs)
+    let views: Vec<_> = inputs.iter().map(|a| a.view()).collect();
+    // One spec made every input: all have its channel count and
+    // geometry, so only the tile counts (the stacked axis) can differ.
+    let batch = SiteBatch::stack(&views).expect("inputs of one preprocessing spec stack");
+    (infos, batch)
 }
 
 /// Run until `rx` closes.
