@@ -142,7 +142,8 @@ fn write_json(path: &Path, value: &Value) -> Result<(), StoreError> {
 
 impl Store {
     /// Open (creating or recovering) the store at `root` for embeddings of
-    /// `dim` values, committed in chunks of `chunk_rows` rows.
+    /// `dim` values; new plates are chunked by `chunk_rows` rows, stored
+    /// ones keep their own chunking.
     pub fn open(root: &Path, dim: usize, chunk_rows: usize) -> Result<Store, StoreError> {
         std::fs::create_dir_all(root).map_err(io(root))?;
         recover::remove_temporary_files(root)?;
@@ -231,7 +232,7 @@ impl Store {
                 ("plate".to_string(), plate.clone()),
                 ("plate_status".to_string(), "open".to_string()),
             ]);
-            PlateTable::new(group_name(&plate), uns)
+            PlateTable::new(group_name(&plate), uns, self.chunk_rows)
         });
         let stored = StoredRow::new(row);
         if table.index.contains_key(&stored.index) {
@@ -324,7 +325,7 @@ impl Store {
     fn commit_plate(&mut self, g: &str) -> Result<usize, StoreError> {
         let table = &self.plates[g];
         let n = table.len() as u64;
-        let (dim, r) = (self.dim as u64, self.chunk_rows);
+        let (dim, r) = (self.dim as u64, table.chunk_rows);
         let first_write = table.committed == 0;
         let start = table.dirty_from.map_or(n, |d| (d as u64 / r) * r).min(n);
         // Released rows are final and in whole chunks before any changed row.
@@ -386,9 +387,8 @@ impl Store {
 
     /// Release the rows of `g` that no commit writes again.
     fn release(&mut self, g: &str) {
-        let r = self.chunk_rows as usize;
         if let Some(t) = self.plates.get_mut(g) {
-            t.release(r);
+            t.release();
         }
     }
 
@@ -409,7 +409,7 @@ impl Store {
     fn write_metadata(&self, g: &str, all: bool) -> Result<(), StoreError> {
         let table = &self.plates[g];
         let n = table.committed as u64;
-        let consolidated = layout::consolidated(n, self.dim as u64, self.chunk_rows, &UNS_KEYS)?;
+        let consolidated = layout::consolidated(n, self.dim as u64, table.chunk_rows, &UNS_KEYS)?;
         let dir = self.root.join(g);
         for (path, meta) in &consolidated {
             if !all && path != "X" && !path.starts_with("obs/") {

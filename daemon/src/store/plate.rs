@@ -216,11 +216,15 @@ pub struct PlateTable {
     pub meta_dirty: bool,
     /// Row position of each site key.
     pub index: HashMap<String, usize>,
+    /// Rows per chunk of the plate's arrays: fixed when the plate is
+    /// created (a stored plate keeps its own whatever the configuration
+    /// says later, or its chunks would be read with the wrong size).
+    pub chunk_rows: u64,
 }
 
 impl PlateTable {
-    /// An empty plate not yet in the store.
-    pub fn new(group: String, uns: HashMap<String, String>) -> PlateTable {
+    /// An empty plate not yet in the store, chunked by `chunk_rows` rows.
+    pub fn new(group: String, uns: HashMap<String, String>, chunk_rows: u64) -> PlateTable {
         PlateTable {
             group,
             released: 0,
@@ -230,6 +234,7 @@ impl PlateTable {
             uns,
             meta_dirty: true,
             index: HashMap::new(),
+            chunk_rows: chunk_rows.max(1),
         }
     }
 
@@ -249,10 +254,11 @@ impl PlateTable {
             .and_then(|i| self.rows.get_mut(i))
     }
 
-    /// Release the leading committed final rows of whole chunks of
-    /// `chunk_rows`: no commit writes them again (only provisional rows
-    /// are updated), so holding them would grow memory with every site.
-    pub fn release(&mut self, chunk_rows: usize) {
+    /// Release the leading committed final rows of whole chunks: no
+    /// commit writes them again (only provisional rows are updated), so
+    /// holding them would grow memory with every site.
+    pub fn release(&mut self) {
+        let chunk_rows = self.chunk_rows as usize;
         let committed = self.committed - self.released;
         let finals = self.rows[..committed]
             .iter()

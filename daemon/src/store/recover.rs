@@ -87,9 +87,17 @@ pub fn load_plates(
                 ),
             });
         }
+        let chunk_rows = x["chunk_grid"]["configuration"]["chunk_shape"]
+            .get(0)
+            .and_then(Value::as_u64)
+            .filter(|&r| r > 0)
+            .ok_or_else(|| StoreError::Incompatible {
+                path: dir.join("zarr.json"),
+                problem: "X has no regular chunk shape".into(),
+            })?;
         let committed = rows_of(x).unwrap_or(0);
         let rows = roll(&dir, committed)?;
-        out.push(read_plate(storage, &name, rows, dim)?);
+        out.push(read_plate(storage, &name, rows, dim, chunk_rows)?);
     }
     Ok(out)
 }
@@ -115,6 +123,7 @@ fn read_plate(
     group: &str,
     n: u64,
     dim: usize,
+    chunk_rows: u64,
 ) -> Result<PlateTable, StoreError> {
     let open = |path: &str| {
         Array::open(storage.clone(), path).map_err(|e| StoreError::Zarr {
@@ -167,7 +176,7 @@ fn read_plate(
             .map_err(|e| failed(&path, e))?;
         uns.insert(key.to_string(), v.into_iter().next().unwrap_or_default());
     }
-    let mut table = PlateTable::new(group.to_string(), uns);
+    let mut table = PlateTable::new(group.to_string(), uns, chunk_rows);
     table.index = rows
         .iter()
         .enumerate()

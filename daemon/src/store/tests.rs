@@ -245,3 +245,35 @@ fn plate_names_become_safe_unique_group_names() {
     assert_ne!(group_name("a/b"), group_name("a_b"));
     assert_ne!(group_name("a/b"), group_name("a\\b"));
 }
+
+#[test]
+fn a_plate_keeps_its_chunking_when_the_configured_chunk_size_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = Store::open(tmp.path(), DIM, 4).unwrap();
+    stage(&mut store, "P1", 0..9);
+    store.commit().unwrap();
+    drop(store);
+    // `commit.max_rows` (the chunk size of new plates) changed between runs.
+    let mut store = Store::open(tmp.path(), DIM, 8).unwrap();
+    stage(&mut store, "P1", 9..11);
+    stage(&mut store, "P2", 0..3);
+    store.commit().unwrap();
+    drop(store);
+    let store = Store::open(tmp.path(), DIM, 8).unwrap();
+    let back = rows(&store, "P1");
+    assert_eq!(back.len(), 11);
+    for (i, r) in back.iter().enumerate() {
+        assert_eq!(r.embedding, row("P1", i as u32).embedding, "row {i}");
+        assert_eq!(r.index, row("P1", i as u32).key.to_string(), "row {i}");
+    }
+    let chunk = |plate: &str| -> serde_json::Value {
+        let meta: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(tmp.path().join(plate).join("X/zarr.json")).unwrap(),
+        )
+        .unwrap();
+        meta["chunk_grid"]["configuration"]["chunk_shape"][0].clone()
+    };
+    assert_eq!(chunk("P1"), 4);
+    assert_eq!(chunk("P2"), 8);
+    assert_eq!(rows(&store, "P2").len(), 3);
+}
