@@ -11,6 +11,7 @@
 //! go, and a plate whose arrays all got their new metadata before the kill
 //! is rolled forward to it, otherwise back to its last commit.
 
+mod files;
 pub mod layout;
 mod plate;
 mod recover;
@@ -122,24 +123,6 @@ pub fn group_name(plate: &str) -> String {
     format!("plate_{}-{}", safe.trim_start_matches('.'), &digest[..8])
 }
 
-/// Write `bytes` to `path` through a temporary file and a rename.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
-}
-
-fn write_json(path: &Path, value: &Value) -> Result<(), StoreError> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-    }
-    // Serializing a JSON value cannot fail.
-    let bytes = serde_json::to_vec_pretty(value).expect("JSON value serializes");
-    write_atomic(path, &bytes)
-}
-
 impl Store {
     /// Open (creating or recovering) the store at `root` for embeddings of
     /// `dim` values; new plates are chunked by `chunk_rows` rows, stored
@@ -151,7 +134,7 @@ impl Store {
         if !root_meta.exists() {
             let mut attrs = Map::new();
             attrs.insert("bfx_store_version".into(), Value::from(1));
-            write_json(&root_meta, &layout::group_metadata(attrs, None))?;
+            files::write_json(&root_meta, &layout::group_metadata(attrs, None), true)?;
         }
         let fs = FilesystemStore::new(root).map_err(|e| StoreError::Incompatible {
             path: root.to_owned(),
@@ -166,12 +149,6 @@ impl Store {
         };
         for table in recover::load_plates(root, &store.storage, dim)? {
             store.plates.insert(table.group.clone(), table);
-        }
-        // Rewrite recovered plates' metadata so every file agrees with the
-        // commit point again.
-        let groups: Vec<String> = store.plates.keys().cloned().collect();
-        for g in groups {
-            store.write_metadata(&g, true)?;
         }
         Ok(store)
     }
@@ -375,6 +352,19 @@ impl Store {
                     .map_err(zarr(&path))?;
             }
         }
+        // zarrs synced each chunk file before renaming it into place; the
+        // renames are durable once their folders are synced.
+        let group_dir = self.root.join(g);
+        let dirs = if first_write {
+            let mut dirs = files::all_dirs(&group_dir)?;
+            dirs.push(self.root.clone());
+            dirs
+        } else {
+            files::chunk_dirs(&group_dir, start, n, r, table.meta_dirty)
+        };
+        for dir in dirs {
+            files::sync_dir(&dir)?;
+        }
         let written = (n - start) as usize;
         let table = self.plates.get_mut(g).expect("group listed above");
         table.committed = table.len();
@@ -401,32 +391,16 @@ impl Store {
         }
     }
 
-    /// The `zarr.json` of every array whose shape follows the rows (`all`:
-    /// of every array and subgroup), then the plate group's with the
-    /// consolidated metadata: the commit point. The others never change
-    /// once written, and every file written is a new inode (write, then
-    /// rename), which is most of a commit's cost.
+    /// Metadata for the committed rows of `g`, ending with its commit point.
     fn write_metadata(&self, g: &str, all: bool) -> Result<(), StoreError> {
         let table = &self.plates[g];
-        let n = table.committed as u64;
-        let consolidated = layout::consolidated(n, self.dim as u64, table.chunk_rows, &UNS_KEYS)?;
-        let dir = self.root.join(g);
-        for (path, meta) in &consolidated {
-            if !all && path != "X" && !path.starts_with("obs/") {
-                continue;
-            }
-            if meta["node_type"] == "group" {
-                let mut own = meta.clone();
-                if let Some(o) = own.as_object_mut() {
-                    o.remove("consolidated_metadata");
-                }
-                write_json(&dir.join(path).join("zarr.json"), &own)?;
-            } else {
-                write_json(&dir.join(path).join("zarr.json"), meta)?;
-            }
-        }
-        let group = layout::group_metadata(layout::anndata_attrs(), Some(consolidated));
-        write_json(&dir.join("zarr.json"), &group)
+        files::write_plate_metadata(
+            &self.root.join(g),
+            table.committed as u64,
+            self.dim as u64,
+            table.chunk_rows,
+            all,
+        )
     }
 }
 

@@ -9,7 +9,7 @@ use serde_json::Value;
 use zarrs::array::Array;
 
 use super::layout::{self, ColumnKind, OBS_COLUMNS};
-use super::{PlateTable, Storage, StoreError, StoredRow, UNS_KEYS, io};
+use super::{PlateTable, Storage, StoreError, StoredRow, UNS_KEYS, files, io};
 
 /// Remove every `*.tmp` file below `root`: writes a kill interrupted.
 /// zarrs' atomic writer refuses to write where one is left.
@@ -96,25 +96,35 @@ pub fn load_plates(
                 problem: "X has no regular chunk shape".into(),
             })?;
         let committed = rows_of(x).unwrap_or(0);
-        let rows = roll(&dir, committed)?;
+        let rows = roll(&dir, committed);
+        // Every file agrees with the recovered row count again (an array's
+        // metadata may also be torn: it is not synced, the commit point is).
+        files::write_plate_metadata(&dir, rows, dim as u64, chunk_rows, true)?;
         out.push(read_plate(storage, &name, rows, dim, chunk_rows)?);
     }
     Ok(out)
 }
 
 /// The row count to recover to: forward to what every array's own
-/// metadata says when they all agree (their data was written before any
-/// of them), else back to the last commit.
-fn roll(dir: &Path, committed: u64) -> Result<u64, StoreError> {
+/// metadata says when they all agree (their data was written and synced
+/// before any of them), else back to the last commit. Unreadable
+/// metadata disagrees.
+fn roll(dir: &Path, committed: u64) -> u64 {
     let mut arrays = vec![dir.join("X"), dir.join("obs/_index")];
     arrays.extend(OBS_COLUMNS.iter().map(|(c, _)| dir.join("obs").join(c)));
-    let mut seen = Vec::new();
-    for a in arrays {
-        seen.push(read_json(&a.join("zarr.json"))?.as_ref().and_then(rows_of));
-    }
+    let seen: Vec<Option<u64>> = arrays
+        .iter()
+        .map(|a| {
+            read_json(&a.join("zarr.json"))
+                .ok()
+                .flatten()
+                .as_ref()
+                .and_then(rows_of)
+        })
+        .collect();
     match seen.first() {
-        Some(Some(n)) if *n > committed && seen.iter().all(|s| *s == Some(*n)) => Ok(*n),
-        _ => Ok(committed),
+        Some(Some(n)) if *n > committed && seen.iter().all(|s| *s == Some(*n)) => *n,
+        _ => committed,
     }
 }
 

@@ -277,3 +277,77 @@ fn a_plate_keeps_its_chunking_when_the_configured_chunk_size_changes() {
     assert_eq!(chunk("P2"), 8);
     assert_eq!(rows(&store, "P2").len(), 3);
 }
+
+#[test]
+fn torn_array_metadata_is_rebuilt_from_the_commit_point() {
+    let (tmp, saved) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    two_commits(tmp.path(), saved.path());
+    // A power cut can leave array metadata torn (it is not synced; the
+    // commit point is): the commit point stands.
+    std::fs::write(tmp.path().join("P1/X/zarr.json"), b"{\"shape\": [").unwrap();
+    std::fs::write(tmp.path().join("P1/obs/well/zarr.json"), b"").unwrap();
+    let store = Store::open(tmp.path(), DIM, 4).unwrap();
+    let back = rows(&store, "P1");
+    assert_eq!(back.len(), 9);
+    assert_eq!(back[8], StoredRow::new(&row("P1", 8)));
+    let x: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("P1/X/zarr.json")).unwrap()).unwrap();
+    assert_eq!(x["shape"][0], 9);
+    drop(store);
+    // Torn array metadata beside an older commit point: back to that commit.
+    copy(
+        &saved.path().join("group.json"),
+        &tmp.path().join("P1/zarr.json"),
+    );
+    std::fs::write(tmp.path().join("P1/obs/well/zarr.json"), b"{").unwrap();
+    let store = Store::open(tmp.path(), DIM, 4).unwrap();
+    assert_eq!(rows(&store, "P1").len(), 5);
+}
+
+#[test]
+fn a_commit_syncs_every_folder_it_renamed_chunks_into() {
+    use std::collections::HashMap;
+    use std::os::unix::fs::MetadataExt;
+    // Every file below `dir` by its inode: a rename into place is a new one.
+    fn inodes(dir: &Path) -> HashMap<PathBuf, u64> {
+        let mut out = HashMap::new();
+        for d in files::all_dirs(dir).unwrap() {
+            for entry in std::fs::read_dir(&d).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_file() {
+                    out.insert(path.clone(), std::fs::metadata(&path).unwrap().ino());
+                }
+            }
+        }
+        out
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = Store::open(tmp.path(), DIM, 4).unwrap();
+    stage(&mut store, "P1", 0..5);
+    store.commit().unwrap();
+    let group = tmp.path().join("P1");
+    let before = inodes(&group);
+    stage(&mut store, "P1", 5..10);
+    store.set_uns("P1", "plate_status", "complete");
+    store.commit().unwrap();
+    let dirs = files::chunk_dirs(&group, 4, 10, 4, true);
+    let mut chunks = 0;
+    for (path, inode) in inodes(&group) {
+        // Metadata is written after the chunks; only the commit point is synced (by write_atomic).
+        if before.get(&path) == Some(&inode) || path.ends_with("zarr.json") {
+            continue;
+        }
+        let dir = path.parent().unwrap().to_owned();
+        assert!(
+            dirs.contains(&dir),
+            "{} was written, {dirs:?} synced",
+            path.display()
+        );
+        chunks += 1;
+    }
+    // X and most obs columns: row chunks 1 and 2; each uns value.
+    assert!(
+        chunks > 2 * 10 + UNS_KEYS.len(),
+        "{chunks} chunk files written"
+    );
+}
