@@ -53,6 +53,22 @@ mkdir -p "$work"
 [ -f "$work/screen/manifest.csv" ] || "$bin/bfx-trainer" synth --preset grid-like --seed 0 --out "$work/screen" >/dev/null
 "$bin/daemon-bench" bundle "$work/bundle"
 : > "$results"
+# The host, recorded with the measurements: the ratios move with the CPU
+# (ONNX Runtime uses AVX-512 where the CPU has it).
+"$venv/bin/python" - >> "$results" <<'PY'
+import json, os, platform
+model, flags = platform.machine(), set()
+try:
+    for line in open("/proc/cpuinfo"):
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            model = value.strip()
+        elif key.strip() == "flags":
+            flags = set(value.split())
+except OSError:
+    pass
+print(json.dumps({"bench": "host", "cpu": model, "cpus": os.cpu_count(), "avx512": "avx512f" in flags}))
+PY
 for round in $(seq "$rounds"); do
     echo "==> round $round of $rounds: the daemon on small plates, raw ONNX Runtime, the Python pipeline, the daemon ($sites sites)"
     # The screen's own small plates first (the daemon moves the folders away).
@@ -94,9 +110,14 @@ latency = [r for r in runs if r["bench"] == "daemon" and r["arrival"] not in ("b
 stream = [r for r in runs if r["bench"] == "daemon" and r["arrival"] == "0"]
 b = raw[0]
 rounds = len(raw)
+host = next((r for r in runs if r["bench"] == "host"), None)
+if host:
+    cpu = f"{host['cpu']}, {host['cpus']} logical CPUs" + (", AVX-512" if host["avx512"] else ", no AVX-512")
+else:
+    cpu = f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs"
 print("# Daemon performance\n")
 print("Made by `bench/daemon.sh`; do not edit by hand. "
-      f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs. "
+      f"{cpu}. "
       "Model: a seeded bundle in the demo's shape (ResNet18 width 16, 4 channels of 64x64, "
       f"embedding 64), batch {b['batch']}, {b['threads']} intra-op thread(s); sites of the "
       "`grid-like` synthetic screen (four 64x64 16-bit TIFFs each).\n")
@@ -147,7 +168,9 @@ print("|---|---|---|---|---|---|")
 print(f"| {s['rss_idle_mib']:.0f} MiB | {s['rss_quarter_mib']:.0f} MiB | {s['rss_half_mib']:.0f} MiB | "
       f"{s['rss_three_quarters_mib']:.0f} MiB | {s['rss_end_mib']:.0f} MiB | {s['peak_rss_mib']:.0f} MiB |")
 grow = s["rss_end_mib"] - s["rss_half_mib"]
-print(f"\nFrom half to all of the stream resident memory changed by {grow:+.0f} MiB.")
+per_site = grow * 2**20 / (s["sites"] / 2)
+print(f"\nFrom half to all of the stream resident memory changed by {grow:+.0f} MiB, "
+      f"{per_site:+.0f} bytes per site.")
 print("\nWhat the daemon keeps per stored site: the store's index of site keys (to refuse a "
       "site twice), the assemble stage's set of assembled sites, and a 128-bit digest of each "
       "file used (so rescans skip them); rows of committed, final chunks leave memory.")

@@ -3,13 +3,15 @@
 //! snapshot and a killed daemon loses nothing it committed.
 //!
 //! A commit writes, in order: the changed chunks of every array (X first,
-//! `obs.status` last, each chunk written to `<key>.tmp` and renamed), each
-//! array's own `zarr.json`, and last the plate group's `zarr.json` with the
-//! consolidated metadata of everything below it. That file is the commit
-//! point: readers (anndata, zarr-python) take shapes from it, and rows past
-//! it are invisible. On open the store is recovered: leftover `*.tmp` files
-//! go, and a plate whose arrays all got their new metadata before the kill
-//! is rolled forward to it, otherwise back to its last commit.
+//! `obs.status` last, each chunk written to `<key>.tmp`, synced and
+//! renamed), then syncs the folders they went into, writes each array's
+//! own `zarr.json`, and last the plate group's `zarr.json` with the
+//! consolidated metadata of everything below it, synced (`files.rs`). That
+//! file is the commit point: readers (anndata, zarr-python) take shapes
+//! from it, and rows past it are invisible. On open the store is
+//! recovered: leftover `*.tmp` files go, and a plate whose arrays all got
+//! their new metadata before the kill is rolled forward to it, otherwise
+//! back to its last commit.
 
 mod files;
 pub mod layout;
