@@ -171,8 +171,8 @@ grow = s["rss_end_mib"] - s["rss_half_mib"]
 per_site = grow * 2**20 / (s["sites"] / 2)
 print(f"\nFrom half to all of the stream resident memory changed by {grow:+.0f} MiB, "
       f"{per_site:+.0f} bytes per site.")
-print("\nWhat the daemon keeps per stored site: the store's index of site keys (to refuse a "
-      "site twice), the assemble stage's set of assembled sites, and a 128-bit digest of each "
+print("\nWhat the daemon keeps per stored site: a 128-bit digest of its key in the store's index "
+      "(to refuse a site twice) and in the assemble stage's set of assembled sites, and one of each "
       "file used (so rescans skip them); rows of committed, final chunks leave memory.")
 PY
 echo "wrote docs/performance-daemon.md"

@@ -5,6 +5,7 @@
 //! wires them together.
 
 pub mod check;
+pub mod digest;
 pub mod doctor;
 pub mod engine;
 pub mod journal;

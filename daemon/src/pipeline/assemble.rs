@@ -14,6 +14,7 @@ use bfx_core::naming::SiteKey;
 use tokio::sync::mpsc;
 
 use super::{CompleteSite, FileEvent, ReadyFile, SiteMsg};
+use crate::digest;
 use crate::journal::{Event, Journal};
 use crate::telemetry;
 
@@ -58,8 +59,9 @@ pub async fn run(
 ) {
     let mut partial: HashMap<SiteKey, Partial> = HashMap::new();
     let mut plates: HashMap<String, Plate> = HashMap::new();
-    // Sites already sent on: a later file for one is a duplicate, not a new site.
-    let mut assembled: HashSet<SiteKey> = HashSet::new();
+    // Sites already sent on, by digest: a later file for one is a
+    // duplicate, not a new site.
+    let mut assembled: HashSet<u128> = HashSet::new();
     let tick = (config.site_timeout.min(config.quiet_period) / 4)
         .clamp(Duration::from_millis(50), Duration::from_secs(5));
     let mut interval = tokio::time::interval(tick);
@@ -68,7 +70,7 @@ pub async fn run(
         tokio::select! {
             event = rx.recv() => match event {
                 Some(FileEvent::Image(file)) => {
-                    if assembled.contains(&file.key.site) {
+                    if assembled.contains(&digest::of_site(&file.key.site)) {
                         metrics::counter!(telemetry::FILES_REJECTED, "reason" => "duplicate").increment(1);
                         journal.record(
                             Event::Duplicate,
@@ -80,7 +82,7 @@ pub async fn run(
                     }
                     for msg in &out {
                         if let SiteMsg::Site(site) = msg {
-                            assembled.insert(site.key.clone());
+                            assembled.insert(digest::of_site(&site.key));
                         }
                     }
                 }

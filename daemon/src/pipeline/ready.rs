@@ -13,10 +13,10 @@ use std::time::{Duration, Instant, SystemTime};
 use bfx_config::daemon::{QuarantineConfig, QuarantineMode};
 use bfx_core::image::{Pages, ReadOptions, read_image};
 use bfx_core::naming::{ImageKey, NamingError, NamingScheme};
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::{FileEvent, ReadyFile};
+use crate::digest;
 use crate::journal::{Event, Journal};
 use crate::telemetry;
 
@@ -36,8 +36,8 @@ pub struct ReadyConfig {
     pub quarantine: QuarantineConfig,
     /// Glob of the plate completion marker, if any.
     pub marker: Option<regex::Regex>,
-    /// Site keys already in the store.
-    pub committed: HashSet<String>,
+    /// Sites already in the store, by [`crate::digest::of_site`].
+    pub committed: HashSet<u128>,
     /// Open plates of the store started with another bundle, with that
     /// bundle's sha256: a plate keeps the model it started with.
     pub pinned_elsewhere: HashMap<String, String>,
@@ -138,24 +138,14 @@ struct Stable {
 struct Waiting {
     candidates: HashMap<PathBuf, Candidate>,
     due: BinaryHeap<Reverse<(Instant, PathBuf)>>,
-    /// Files already used or refused, by [`path_digest`].
+    /// Files already used or refused, by [`digest::of_path`] (every
+    /// rescan lists them again).
     done: HashSet<u128>,
-}
-
-/// A path's identity among the files already used: 128 bits of its
-/// sha256. A daemon that runs for weeks sees millions of files (and every
-/// rescan lists them again); a digest takes a fraction of a path's memory,
-/// and two paths share one with odds of about files² / 2^129.
-fn path_digest(path: &Path) -> u128 {
-    let digest = Sha256::digest(path.as_os_str().as_encoded_bytes());
-    let mut first = [0u8; 16];
-    first.copy_from_slice(&digest[..16]);
-    u128::from_le_bytes(first)
 }
 
 impl Waiting {
     fn add(&mut self, path: PathBuf) {
-        if self.candidates.contains_key(&path) || self.done.contains(&path_digest(&path)) {
+        if self.candidates.contains_key(&path) || self.done.contains(&digest::of_path(&path)) {
             return;
         }
         let now = Instant::now();
@@ -182,7 +172,7 @@ impl Waiting {
 
     fn finish(&mut self, path: &Path) {
         self.candidates.remove(path);
-        self.done.insert(path_digest(path));
+        self.done.insert(digest::of_path(path));
     }
 
     /// Candidates due by `now`, oldest first (so "the first file of a
@@ -433,7 +423,7 @@ fn look(
             return Look::Done;
         }
     };
-    if config.committed.contains(&key.site.to_string()) {
+    if config.committed.contains(&digest::of_site(&key.site)) {
         skipped("already_stored");
         return Look::Done;
     }

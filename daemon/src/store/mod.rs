@@ -32,6 +32,7 @@ use zarrs::storage::storage_adapter::atomic_write::AtomicWriteStorageAdapter;
 
 use self::layout::{ColumnKind, OBS_COLUMNS};
 pub use self::plate::{PlateTable, Row, RowStatus, StoredRow, UNS_KEYS, correction_name};
+use crate::digest;
 
 type Storage = AtomicWriteStorageAdapter<FilesystemStore>;
 
@@ -173,7 +174,7 @@ impl Store {
     /// Whether `key` is staged or committed.
     pub fn contains(&self, key: &SiteKey) -> bool {
         self.plate(&key.plate)
-            .is_some_and(|t| t.index.contains_key(&key.to_string()))
+            .is_some_and(|t| t.index.contains_key(&digest::of_site(key)))
     }
 
     /// Rows staged but not yet committed, over all plates.
@@ -214,11 +215,12 @@ impl Store {
             PlateTable::new(group_name(&plate), uns, self.chunk_rows)
         });
         let stored = StoredRow::new(row);
-        if table.index.contains_key(&stored.index) {
+        let id = digest::of_site_text(&stored.index);
+        if table.index.contains_key(&id) {
             return Err(StoreError::Duplicate(stored.index));
         }
         let i = table.len();
-        table.index.insert(stored.index.clone(), i);
+        table.index.insert(id, i);
         table.rows.push(stored);
         table.touch(i);
         Ok(i)
@@ -238,7 +240,7 @@ impl Store {
             .ok_or_else(|| StoreError::Layout(format!("{text}: no such plate in the store")))?;
         let i = *table
             .index
-            .get(&text)
+            .get(&digest::of_site_text(&text))
             .ok_or_else(|| StoreError::Layout(format!("{text}: no such site in the store")))?;
         let row = table.row_mut(i).ok_or_else(|| {
             StoreError::Layout(format!(

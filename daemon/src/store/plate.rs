@@ -214,8 +214,9 @@ pub struct PlateTable {
     pub uns: HashMap<String, String>,
     /// Whether `uns` (or the group itself) needs writing.
     pub meta_dirty: bool,
-    /// Row position of each site key.
-    pub index: HashMap<String, usize>,
+    /// Row position of each site, by [`crate::digest::of_site_text`] of
+    /// its key (kept for every row, released ones included).
+    pub index: HashMap<u128, usize>,
     /// Rows per chunk of the plate's arrays: fixed when the plate is
     /// created (a stored plate keeps its own whatever the configuration
     /// says later, or its chunks would be read with the wrong size).

@@ -190,7 +190,7 @@ fn read_plate(
     table.index = rows
         .iter()
         .enumerate()
-        .map(|(i, r)| (r.index.clone(), i))
+        .map(|(i, r)| (crate::digest::of_site_text(&r.index), i))
         .collect();
     table.committed = rows.len();
     table.rows = rows;
