@@ -319,6 +319,7 @@ pub async fn run_reloading(
         queues,
         shutdown.clone(),
     ));
+    let sink_shutdown = shutdown.clone();
     tokio::spawn(watch::run(config.watch.clone(), paths_tx, shutdown));
     let ready = ready::ReadyConfig {
         settle: config.watch.settle,
@@ -403,6 +404,7 @@ pub async fn run_reloading(
         commit: config.commit.clone(),
         health: health.clone(),
         staged: Vec::new(),
+        shutdown: sink_shutdown,
     };
     health
         .started

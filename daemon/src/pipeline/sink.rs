@@ -2,14 +2,17 @@
 //! `max_rows` wait or `max_interval` has passed, a closing plate is
 //! marked complete, and the end of the input commits everything. A
 //! commit that fails (disk full, store unwritable) leaves the rows staged
-//! and is tried again; the daemon does not stop.
+//! and is tried again at every commit interval; the daemon does not stop.
+//! Meanwhile the stage takes new rows only up to `max_rows` staged: past
+//! that the pipeline behind it fills and waits, so the sites wait as files
+//! on disk rather than as rows in memory (until shutdown, when it drains).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bfx_config::daemon::CommitConfig;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::SinkMsg;
 use crate::store::{RowStatus, Store, StoreError};
@@ -25,6 +28,8 @@ pub struct Sink {
     pub health: Arc<Health>,
     /// Staged new rows: when their site was complete, and their status.
     pub staged: Vec<(Instant, RowStatus)>,
+    /// Turns true at shutdown (the stage then takes everything, to drain).
+    pub shutdown: watch::Receiver<bool>,
 }
 
 impl Sink {
@@ -34,11 +39,14 @@ impl Sink {
         let mut interval = tokio::time::interval(self.commit.max_interval);
         let mut failing = false;
         loop {
+            let taking =
+                !failing || self.store.pending() < self.commit.max_rows || *self.shutdown.borrow();
             tokio::select! {
-                msg = rx.recv() => match msg {
+                msg = rx.recv(), if taking => match msg {
                     Some(msg) => {
                         let close = self.apply(msg);
-                        if close || self.store.pending() >= self.commit.max_rows {
+                        // A failing store is retried on the interval, not per message.
+                        if !failing && (close || self.store.pending() >= self.commit.max_rows) {
                             failing = !self.try_commit(failing);
                         }
                     }
@@ -149,9 +157,98 @@ impl Sink {
                 if let Err(e) = self.store.clean_temporary() {
                     tracing::error!(error = %e, "cannot clean temporary files of the failed commit");
                 }
-                std::thread::sleep(Duration::from_millis(100));
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, SystemTime};
+
+    use bfx_config::daemon::CommitConfig;
+    use bfx_core::bundle::CorrectionMode;
+    use bfx_core::naming::{PlateFormat, SiteKey, Well};
+
+    use super::*;
+    use crate::store::{PlateInfo, Row};
+
+    fn rows(i: u32) -> SinkMsg {
+        let row = Row {
+            key: SiteKey {
+                plate: "P1".into(),
+                well: Well::new(1, 1 + i, PlateFormat::default()).expect("valid well"),
+                site: 1,
+                timepoint: None,
+                z: None,
+            },
+            paths: vec![PathBuf::from(format!("/in/P1/{i}.tif"))],
+            acquired: SystemTime::UNIX_EPOCH,
+            correction: CorrectionMode::None,
+            status: RowStatus::Final,
+            embedding: vec![i as f32; 3],
+        };
+        let info = PlateInfo {
+            bundle_sha256: "ab".repeat(32),
+            method: "erm".into(),
+            correction: CorrectionMode::None,
+        };
+        SinkMsg::Rows(vec![(row, Instant::now())], info)
+    }
+
+    /// While commits fail the stage stops taking rows past `max_rows`
+    /// (they wait upstream), retries on its interval, and stores every
+    /// row once the store takes commits again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_store_holds_back_the_pipeline_then_catches_up() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(tmp.path(), 3, 4).expect("store");
+        // A file where the plate's group folder goes: every commit of it
+        // fails, whatever the user's permissions.
+        let blocker = tmp.path().join("P1");
+        std::fs::write(&blocker, b"in the way").expect("write");
+        let (_stop, shutdown) = watch::channel(false);
+        let health = Health::new();
+        let sink = Sink {
+            store,
+            commit: CommitConfig {
+                max_rows: 4,
+                max_interval: Duration::from_millis(100),
+            },
+            health: health.clone(),
+            staged: Vec::new(),
+            shutdown,
+        };
+        let (tx, rx) = mpsc::channel(1);
+        let stage = tokio::spawn(sink.run(rx));
+        let mut taken = 0;
+        while tokio::time::timeout(Duration::from_millis(500), tx.send(rows(taken)))
+            .await
+            .is_ok()
+        {
+            taken += 1;
+            assert!(
+                taken <= 6,
+                "the stage kept taking rows from a failing store"
+            );
+        }
+        // Four staged, one in the channel (and none lost: the timed-out send is sent again below).
+        assert_eq!(taken, 5);
+        assert!(!health.store_writable.load(Ordering::Relaxed));
+        std::fs::remove_file(&blocker).expect("remove");
+        for i in taken..12 {
+            tokio::time::timeout(Duration::from_secs(5), tx.send(rows(i)))
+                .await
+                .expect("the stage takes rows again")
+                .expect("stage running");
+        }
+        drop(tx);
+        let store = stage.await.expect("stage ends");
+        assert!(health.store_writable.load(Ordering::Relaxed));
+        assert_eq!(store.plate("P1").expect("plate stored").len(), 12);
+        assert_eq!(store.pending(), 0);
     }
 }
