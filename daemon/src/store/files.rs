@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::layout::{self, OBS_COLUMNS};
+use super::layout;
 use super::{StoreError, UNS_KEYS, io};
 
 /// Write `bytes` to `path` through a temporary file and a rename;
@@ -66,8 +66,7 @@ pub fn chunk_dirs(group: &Path, start: u64, n: u64, chunk_rows: u64, uns: bool) 
         let x = group.join("X/c");
         dirs.extend((start / chunk_rows..n.div_ceil(chunk_rows)).map(|i| x.join(i.to_string())));
         dirs.push(x);
-        let columns = std::iter::once("_index").chain(OBS_COLUMNS.iter().map(|(c, _)| *c));
-        dirs.extend(columns.map(|c| group.join("obs").join(c).join("c")));
+        dirs.extend(layout::obs_arrays().map(|(c, _)| group.join("obs").join(c).join("c")));
     }
     if uns {
         dirs.extend(UNS_KEYS.iter().map(|k| group.join("uns").join(k)));

@@ -44,6 +44,11 @@ pub const OBS_COLUMNS: [(&str, ColumnKind); 10] = [
     ("status", ColumnKind::Text),
 ];
 
+/// Every `obs` array in writing order: the index, then [`OBS_COLUMNS`].
+pub fn obs_arrays() -> impl Iterator<Item = (&'static str, ColumnKind)> {
+    std::iter::once(("_index", ColumnKind::Text)).chain(OBS_COLUMNS)
+}
+
 /// Rows `range` of a one-dimensional array.
 pub fn rows(range: std::ops::Range<u64>) -> ArraySubset {
     ArraySubset::new_with_ranges(std::slice::from_ref(&range))

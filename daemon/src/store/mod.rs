@@ -30,7 +30,7 @@ use zarrs::array::ArrayBuilder;
 use zarrs::filesystem::FilesystemStore;
 use zarrs::storage::storage_adapter::atomic_write::AtomicWriteStorageAdapter;
 
-use self::layout::{ColumnKind, OBS_COLUMNS};
+use self::layout::ColumnKind;
 pub use self::plate::{PlateTable, Row, RowStatus, StoredRow, UNS_KEYS, correction_name};
 use crate::digest;
 
@@ -320,8 +320,7 @@ impl Store {
             self.array(&layout::x_array(n, dim, r), &path)?
                 .store_array_subset(&[start..n, 0..dim], x)
                 .map_err(zarr(&path))?;
-            let columns = std::iter::once(("_index", ColumnKind::Text)).chain(OBS_COLUMNS);
-            for (name, kind) in columns {
+            for (name, kind) in layout::obs_arrays() {
                 let path = format!("/{g}/obs/{name}");
                 let array = self.array(&layout::column_array(kind, n, r, "obs"), &path)?;
                 let result = match kind {

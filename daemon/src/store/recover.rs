@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use zarrs::array::Array;
 
-use super::layout::{self, ColumnKind, OBS_COLUMNS};
+use super::layout::{self, ColumnKind};
 use super::{PlateTable, Storage, StoreError, StoredRow, UNS_KEYS, files, io};
 
 /// Remove every `*.tmp` file below `root`: writes a kill interrupted.
@@ -110,8 +110,8 @@ pub fn load_plates(
 /// before any of them), else back to the last commit. Unreadable
 /// metadata disagrees.
 fn roll(dir: &Path, committed: u64) -> u64 {
-    let mut arrays = vec![dir.join("X"), dir.join("obs/_index")];
-    arrays.extend(OBS_COLUMNS.iter().map(|(c, _)| dir.join("obs").join(c)));
+    let mut arrays = vec![dir.join("X")];
+    arrays.extend(layout::obs_arrays().map(|(c, _)| dir.join("obs").join(c)));
     let seen: Vec<Option<u64>> = arrays
         .iter()
         .map(|a| {
@@ -154,8 +154,7 @@ fn read_plate(
         for (row, values) in rows.iter_mut().zip(x.chunks_exact(dim.max(1))) {
             row.embedding.copy_from_slice(values);
         }
-        let columns = std::iter::once(("_index", ColumnKind::Text)).chain(OBS_COLUMNS);
-        for (name, kind) in columns {
+        for (name, kind) in layout::obs_arrays() {
             let path = format!("/{group}/obs/{name}");
             let array = open(&path)?;
             match kind {
