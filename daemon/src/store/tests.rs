@@ -142,6 +142,11 @@ fn committed_final_chunks_leave_memory_but_not_the_store() {
     assert_eq!(back[8], StoredRow::new(&final_row(8)));
 }
 
+/// A metadata file of the store.
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
 fn copy(from: &Path, to: &Path) {
     std::fs::copy(from, to).unwrap();
 }
@@ -171,8 +176,7 @@ fn a_kill_before_the_commit_point_rolls_forward_when_every_array_was_written() {
     let mut store = Store::open(tmp.path(), DIM, 4).unwrap();
     assert_eq!(rows(&store, "P1").len(), 9);
     assert!(!tmp.path().join("P1/X/c/1/0.tmp").exists());
-    let group: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(tmp.path().join("P1/zarr.json")).unwrap()).unwrap();
+    let group = json(&tmp.path().join("P1/zarr.json"));
     assert_eq!(
         group["consolidated_metadata"]["metadata"]["X"]["shape"][0],
         9
@@ -267,10 +271,7 @@ fn a_plate_keeps_its_chunking_when_the_configured_chunk_size_changes() {
         assert_eq!(r.index, row("P1", i as u32).key.to_string(), "row {i}");
     }
     let chunk = |plate: &str| -> serde_json::Value {
-        let meta: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(tmp.path().join(plate).join("X/zarr.json")).unwrap(),
-        )
-        .unwrap();
+        let meta = json(&tmp.path().join(plate).join("X/zarr.json"));
         meta["chunk_grid"]["configuration"]["chunk_shape"][0].clone()
     };
     assert_eq!(chunk("P1"), 4);
@@ -290,8 +291,7 @@ fn torn_array_metadata_is_rebuilt_from_the_commit_point() {
     let back = rows(&store, "P1");
     assert_eq!(back.len(), 9);
     assert_eq!(back[8], StoredRow::new(&row("P1", 8)));
-    let x: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(tmp.path().join("P1/X/zarr.json")).unwrap()).unwrap();
+    let x = json(&tmp.path().join("P1/X/zarr.json"));
     assert_eq!(x["shape"][0], 9);
     drop(store);
     // Torn array metadata beside an older commit point: back to that commit.
