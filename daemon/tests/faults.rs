@@ -56,6 +56,21 @@ fn wait_until(daemon: &mut Daemon, what: &str, within: Duration, mut done: impl 
     }
 }
 
+/// The metrics once `bfx_sites_embedded_total` has reached `expected`:
+/// the counter moves when a commit returns, a moment after its rows are
+/// visible in the store (the commit syncs the plate's folder after the
+/// rename that makes them visible).
+fn metrics_once_counted(daemon: &mut Daemon, port: u16, expected: f64) -> String {
+    let metrics = || get(port, "/metrics").expect("metrics").1;
+    wait_until(
+        daemon,
+        "the embedded-sites counter",
+        Duration::from_secs(10),
+        || sum(&metrics(), "bfx_sites_embedded_total", "") >= expected,
+    );
+    metrics()
+}
+
 /// Every plate's obs index, read by anndata.
 fn indexes(groups: &[std::path::PathBuf]) -> serde_json::Value {
     python_json(
@@ -143,7 +158,7 @@ fn an_unwritable_store_keeps_sites_pending_until_it_is_writable_again() {
         Duration::from_secs(30),
         || get(port, "/readyz").map(|r| r.0) == Some(200),
     );
-    let metrics = get(port, "/metrics").expect("metrics").1;
+    let metrics = metrics_once_counted(&mut daemon, port, f64::from(SITES) * 2.0);
     assert_eq!(
         sum(&metrics, "bfx_sites_embedded_total", ""),
         f64::from(SITES) * 2.0,
@@ -219,7 +234,7 @@ fn a_burst_of_20000_files_is_embedded_once_in_bounded_memory() {
     );
     let took = started.elapsed();
     let peak = peak_rss_mib(daemon.pid());
-    let metrics = get(port, "/metrics").expect("metrics").1;
+    let metrics = metrics_once_counted(&mut daemon, port, f64::from(BURST_SITES));
     daemon.kill();
     eprintln!(
         "burst: {BURST_SITES} sites ({} files) in {:.1} s, peak RSS {peak:.0} MiB",
