@@ -125,8 +125,7 @@ print("## Throughput\n")
 print(f"{b['sites']} sites ({burst[0]['plates']} plates laid out as 384-well plates of nine fields, "
       "3,456 sites each) appear at once in the daemon's empty folder; the daemon's rate is "
       "measured between 10% and 90% of the rows committed (file ready -> committed row), with "
-      "the default settings but `watch.settle` (200 ms) and commits of up to 256 rows (default 1,024; "
-      "smaller commits make the rate readable from the rows over time). "
+      "the default settings (commits of up to 1,024 rows per plate) but `watch.settle` (200 ms). "
       "Raw is ONNX Runtime's `session.run` alone on the same preprocessed tensors; Python is "
       "`bench/python_pipeline.py` (tifffile, numpy, onnxruntime, anndata) over the whole job. "
       f"Medians of {rounds} interleaved rounds.\n")

@@ -310,14 +310,15 @@ fn daemon(
         .port();
     let config = work.join("daemon.toml");
     // Defaults but for the settle time (the synthetic files are written
-    // whole), the batch and threads under test, and commits of at most 256
-    // rows (so throughput can be read from the committed rows over time).
+    // whole) and the batch and threads under test. Commits keep their
+    // default size: the rate between two polls that each follow a commit
+    // counts exactly the rows committed in between, however large commits are.
     std::fs::write(
         &config,
         format!(
             "[daemon]\nbundle = {:?}\nstore = \"out.zarr\"\n[daemon.naming]\npreset = \"imagexpress\"\n\
              [daemon.watch]\nroots = [\"incoming\"]\nsettle = \"200ms\"\n\
-             [daemon.batch]\nmax_size = {batch}\n[daemon.commit]\nmax_rows = 256\n[daemon.inference]\nintra_op_threads = {threads}\n\
+             [daemon.batch]\nmax_size = {batch}\n[daemon.inference]\nintra_op_threads = {threads}\n\
              [daemon.http]\nlisten = \"127.0.0.1:{port}\"\n",
             std::fs::canonicalize(bundle)?
         ),
