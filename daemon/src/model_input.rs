@@ -3,7 +3,7 @@
 
 use bfx_core::image::ReadOptions;
 use bfx_core::preprocess::{ModelInput, PreprocessError, PreprocessSpec, SiteFiles};
-use ndarray::{Array4, ArrayView4, Axis, ShapeError, concatenate, s};
+use ndarray::{Array4, ArrayView4, ErrorKind, ShapeError, s};
 
 /// One site's model input as an `[n, c, h, w]` array (n = 1, or the tile count).
 pub fn site_array(
@@ -49,9 +49,28 @@ impl SiteBatch {
                 tiles: Vec::new(),
             });
         }
+        let (_, c, h, w) = sites[0].dim();
+        if sites.iter().any(|s| {
+            let (_, sc, sh, sw) = s.dim();
+            (sc, sh, sw) != (c, h, w)
+        }) {
+            return Err(ShapeError::from_kind(ErrorKind::IncompatibleShape));
+        }
+        let tiles: Vec<usize> = sites.iter().map(|s| s.dim().0).collect();
+        let n = tiles.iter().sum();
+        // Row-major inputs (what preprocessing makes) are copied whole:
+        // ndarray's `concatenate` copies element by element, about as long
+        // as preprocessing the sites.
+        let mut data = Vec::with_capacity(n * c * h * w);
+        for site in sites {
+            match site.as_slice() {
+                Some(samples) => data.extend_from_slice(samples),
+                None => data.extend(site.iter().copied()),
+            }
+        }
         Ok(SiteBatch {
-            images: concatenate(Axis(0), sites)?,
-            tiles: sites.iter().map(|s| s.dim().0).collect(),
+            images: Array4::from_shape_vec((n, c, h, w), data)?,
+            tiles,
         })
     }
 
@@ -109,6 +128,12 @@ mod tests {
         assert_eq!(batch.images().dim(), (6, 2, 3, 3));
         let back: Vec<Array4<f32>> = batch.sites().map(|s| s.to_owned()).collect();
         assert_eq!(back, sites);
+
+        // A view that is not row-major (rows reversed) stacks as its values.
+        let flipped = sites[1].slice(s![.., .., ..;-1, ..]);
+        let batch = SiteBatch::stack(&[sites[0].view(), flipped]).expect("same size");
+        let back: Vec<Array4<f32>> = batch.sites().map(|s| s.to_owned()).collect();
+        assert_eq!(back, [sites[0].clone(), flipped.to_owned()]);
 
         let other = Array4::zeros((1, 2, 4, 4));
         assert!(SiteBatch::stack(&[sites[0].view(), other.view()]).is_err());
