@@ -22,6 +22,8 @@ pub const FILES_SEEN: &str = "bfx_files_seen_total";
 pub const FILES_REJECTED: &str = "bfx_files_rejected_total";
 /// Files not used on purpose, by `reason` (already_stored, not_acquired, vanished).
 pub const FILES_SKIPPED: &str = "bfx_files_skipped_total";
+/// Folders the watch stage's rescans looked at, by `outcome` (listed, unchanged).
+pub const RESCAN_FOLDERS: &str = "bfx_rescan_folders_total";
 /// Sites with every channel.
 pub const SITES_ASSEMBLED: &str = "bfx_sites_assembled_total";
 /// Sites given up for missing channels.

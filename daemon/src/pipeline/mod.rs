@@ -16,6 +16,7 @@ pub mod layout;
 mod prepare;
 mod ready;
 mod reload;
+mod rescan;
 mod service;
 mod sink;
 mod watch;

@@ -1,6 +1,7 @@
 //! Stage 1, watch: file paths under the acquisition roots, from
 //! filesystem events and from periodic rescans (network shares often
-//! deliver no events). The first scan runs at start-up. Paths are sent as
+//! deliver no events; rescans list only the folders that changed, see
+//! [`super::rescan`]). The first scan runs at start-up. Paths are sent as
 //! seen; the ready stage decides what they are. A full channel slows the
 //! scan down instead of growing memory. Both sources name a file by the
 //! same bytes (absolute roots, hidden names skipped), since the ready stage
@@ -11,6 +12,8 @@ use std::path::{Path, PathBuf};
 use bfx_config::daemon::{WatchConfig, WatchMode};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
+
+use super::rescan::{FULL_INTERVAL, Rescanner, list};
 
 /// The roots as absolute paths. notify reports a relative root's events
 /// under `current_dir().join(root)`; a scan of the relative root would list
@@ -39,23 +42,9 @@ pub fn scan(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut dirs = vec![root.to_owned()];
     while let Some(dir) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            tracing::warn!(dir = %dir.display(), "cannot list folder");
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if entry.file_name().to_string_lossy().starts_with('.') {
-                continue;
-            }
-            match entry.file_type() {
-                Ok(t) if t.is_dir() => dirs.push(path),
-                // Links are not followed into folders (no cycles); the
-                // ready stage decides what a link to a file, or a broken
-                // or looping link, is.
-                Ok(t) if t.is_file() || t.is_symlink() => out.push(path),
-                _ => {}
-            }
+        if let Some((files, folders)) = list(&dir) {
+            out.extend(files);
+            dirs.extend(folders);
         }
     }
     out.sort();
@@ -116,14 +105,23 @@ pub async fn run(
         None
     };
     let mut first = true;
+    let mut rescanner = Some(Rescanner::new(roots.clone(), FULL_INTERVAL));
     loop {
         if first || config.mode != WatchMode::Events {
-            let roots = roots.clone();
-            let found = tokio::task::spawn_blocking(move || {
-                roots.iter().flat_map(|r| scan(r)).collect::<Vec<_>>()
-            })
-            .await
-            .unwrap_or_default();
+            let mut r = rescanner
+                .take()
+                .unwrap_or_else(|| Rescanner::new(roots.clone(), FULL_INTERVAL));
+            // A rescanner lost to a crashed scan is made again (its next rescan lists everything).
+            let found = match tokio::task::spawn_blocking(move || (r.rescan().files, r)).await {
+                Ok((found, r)) => {
+                    rescanner = Some(r);
+                    found
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the rescan crashed");
+                    Vec::new()
+                }
+            };
             for path in found {
                 tokio::select! {
                     sent = tx.send(path) => if sent.is_err() { return },
