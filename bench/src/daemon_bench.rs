@@ -13,6 +13,9 @@
 //! daemon-bench raw BUNDLE SITES_LIST BATCH THREADS ROUNDS
 //!     ONNX Runtime's session.run alone over the preprocessed sites, in
 //!     batches of BATCH with THREADS intra-op threads: sites/s (median of ROUNDS)
+//! daemon-bench rescan DIR ROUNDS
+//!     the watch stage's rescan of DIR: listing every folder, and only
+//!     looking at each folder's mtime when none changed (ms, median of ROUNDS)
 //! daemon-bench daemon DAEMON_BIN BUNDLE SOURCE WORK BATCH THREADS ARRIVAL
 //!     the daemon on an empty folder; ARRIVAL `burst` renames SOURCE's plates
 //!     into it at once, a number replays them at that many sites/s. Reports
@@ -51,6 +54,7 @@ fn main() -> anyhow::Result<()> {
             a(4).map_or(Ok(0), |_| n(4))?,
         ),
         "raw" => raw(Path::new(a(1)?), Path::new(a(2)?), n(3)?, n(4)?, n(5)?),
+        "rescan" => rescan(Path::new(a(1)?), n(2)?),
         "daemon" => daemon(
             Path::new(a(1)?),
             Path::new(a(2)?),
@@ -60,7 +64,7 @@ fn main() -> anyhow::Result<()> {
             n(6)?,
             a(7)?,
         ),
-        other => bail!("unknown benchmark {other:?} (bundle, source, raw, daemon)"),
+        other => bail!("unknown benchmark {other:?} (bundle, source, raw, rescan, daemon)"),
     }
 }
 
@@ -198,6 +202,41 @@ fn raw(
         "{}",
         serde_json::json!({"bench": "raw", "sites": sites.len(), "batch": batch, "threads": threads,
                            "sites_per_s": bfx_bench::median(rates)})
+    );
+    Ok(())
+}
+
+fn rescan(dir: &Path, rounds: usize) -> anyhow::Result<()> {
+    use bfx_daemon::pipeline::Rescanner;
+    let dir = std::path::absolute(dir)?;
+    // Folders written in the last seconds are listed by every rescan
+    // until their mtimes are old enough to trust.
+    std::thread::sleep(Duration::from_secs(4));
+    let time = |r: &mut Rescanner| {
+        let t = Instant::now();
+        let found = r.rescan();
+        (t.elapsed().as_secs_f64() * 1e3, found)
+    };
+    let (mut full, mut unchanged) = (Vec::new(), Vec::new());
+    let (mut files, mut folders) = (0, 0);
+    for _ in 0..rounds {
+        let (ms, found) = time(&mut Rescanner::new(vec![dir.clone()], Duration::ZERO));
+        (files, folders) = (found.files.len(), found.listed);
+        full.push(ms);
+        let mut r = Rescanner::new(vec![dir.clone()], Duration::from_secs(3600));
+        r.rescan();
+        let (ms, found) = time(&mut r);
+        anyhow::ensure!(
+            found.listed == 0,
+            "{} folders changed while the rescans were timed",
+            found.listed
+        );
+        unchanged.push(ms);
+    }
+    println!(
+        "{}",
+        serde_json::json!({"bench": "rescan", "files": files, "folders": folders,
+                           "full_ms": bfx_bench::median(full), "unchanged_ms": bfx_bench::median(unchanged)})
     );
     Ok(())
 }

@@ -36,6 +36,7 @@ use tokio::sync::{mpsc, watch as signal};
 
 pub use self::embed::stored_site_input;
 pub use self::ready::glob;
+pub use self::rescan::Rescanner;
 pub use self::watch::scan;
 use crate::engine::{Engine, EngineError, PlateStats};
 use crate::journal::Journal;
