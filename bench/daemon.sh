@@ -175,7 +175,8 @@ print(f"\nFrom half to all of the stream resident memory changed by {grow:+.0f} 
       f"{per_site:+.0f} bytes per site.")
 print("\nWhat the daemon keeps per stored site: a 128-bit digest of its key in the store's index "
       "(to refuse a site twice) and in the assemble stage's set of assembled sites, and one of each "
-      "file used (so rescans skip them); rows of committed, final chunks leave memory.")
+      "file used (so rescans skip them); committed final rows leave memory, and a restart reads back "
+      "only the stored sites' keys and the rows that may still change.")
 rescan = next((r for r in runs if r["bench"] == "rescan"), None)
 if rescan:
     print("\n## Rescans\n")

@@ -171,6 +171,14 @@ impl Store {
         self.plates.get(&group_name(plate))
     }
 
+    /// Every committed row of `plate`, read back from the store (memory
+    /// holds only the rows that may still change).
+    pub fn stored_rows(&self, plate: &str) -> Result<Vec<StoredRow>, StoreError> {
+        let group = group_name(plate);
+        let n = self.plates.get(&group).map_or(0, |t| t.committed);
+        recover::read_rows(&self.storage, &group, 0..n as u64, self.dim)
+    }
+
     /// Whether `key` is staged or committed.
     pub fn contains(&self, key: &SiteKey) -> bool {
         self.plate(&key.plate)
@@ -308,8 +316,13 @@ impl Store {
         let n = table.len() as u64;
         let (dim, r) = (self.dim as u64, table.chunk_rows);
         let first_write = table.committed == 0;
-        let start = table.dirty_from.map_or(n, |d| (d as u64 / r) * r).min(n);
-        // Released rows are final and in whole chunks before any changed row.
+        // Changed rows are written from the start of their chunk, or from
+        // the first row still in memory: zarrs reads the released rows of
+        // that chunk back from the store and writes them with the new ones.
+        let start = table
+            .dirty_from
+            .map_or(n, |d| ((d as u64 / r) * r).max(table.released as u64))
+            .min(n);
         let rows = &table.rows[start as usize - table.released..];
         if start < n {
             let x: Vec<f32> = rows

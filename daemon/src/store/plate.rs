@@ -201,8 +201,9 @@ pub const UNS_KEYS: [&str; 7] = [
 pub struct PlateTable {
     /// Group name in the store (sanitized).
     pub group: String,
-    /// Rows released from memory: committed, final, in chunks no commit
-    /// rewrites (a multiple of the chunk size). Only their index is kept.
+    /// Rows released from memory: the leading committed final rows. No
+    /// commit changes them again; one that appends to their chunk has zarrs
+    /// merge the new rows into the stored chunk. Only their index is kept.
     pub released: usize,
     /// The rows from `released` on, committed ones first.
     pub rows: Vec<StoredRow>,
@@ -255,17 +256,16 @@ impl PlateTable {
             .and_then(|i| self.rows.get_mut(i))
     }
 
-    /// Release the leading committed final rows of whole chunks: no
-    /// commit writes them again (only provisional rows are updated), so
-    /// holding them would grow memory with every site.
+    /// Release the leading committed final rows: no commit changes them
+    /// again (only provisional rows are updated), so holding them would
+    /// grow memory with every site, and a complete plate would keep the
+    /// rows of its last, partial chunk for good.
     pub fn release(&mut self) {
-        let chunk_rows = self.chunk_rows as usize;
         let committed = self.committed - self.released;
-        let finals = self.rows[..committed]
+        let n = self.rows[..committed]
             .iter()
             .take_while(|r| r.status == RowStatus::Final)
             .count();
-        let n = finals / chunk_rows * chunk_rows;
         self.rows.drain(..n);
         self.released += n;
     }

@@ -128,6 +128,63 @@ fn roll(dir: &Path, committed: u64) -> u64 {
     }
 }
 
+/// Elements `subset` of the array at `path`.
+fn read<T: zarrs::array::ElementOwned>(
+    storage: &Arc<Storage>,
+    path: &str,
+    subset: &[std::ops::Range<u64>],
+) -> Result<Vec<T>, StoreError> {
+    Array::open(storage.clone(), path)
+        .map_err(|e| StoreError::Zarr {
+            path: path.to_string(),
+            message: e.to_string(),
+        })?
+        .retrieve_array_subset(&subset)
+        .map_err(super::zarr(path))
+}
+
+/// Whole rows `range` of plate group `group`, read from the store.
+pub fn read_rows(
+    storage: &Arc<Storage>,
+    group: &str,
+    range: std::ops::Range<u64>,
+    dim: usize,
+) -> Result<Vec<StoredRow>, StoreError> {
+    let mut rows: Vec<StoredRow> = range.clone().map(|_| StoredRow::blank(dim)).collect();
+    if range.is_empty() {
+        return Ok(rows);
+    }
+    let x: Vec<f32> = read(
+        storage,
+        &format!("/{group}/X"),
+        &[range.clone(), 0..dim as u64],
+    )?;
+    for (row, values) in rows.iter_mut().zip(x.chunks_exact(dim.max(1))) {
+        row.embedding.copy_from_slice(values);
+    }
+    for (name, kind) in layout::obs_arrays() {
+        let path = format!("/{group}/obs/{name}");
+        let subset = [range.clone()];
+        match kind {
+            ColumnKind::Text => {
+                for (row, value) in rows
+                    .iter_mut()
+                    .zip(read::<String>(storage, &path, &subset)?)
+                {
+                    row.set_text(name, value);
+                }
+            }
+            ColumnKind::Int => {
+                for (row, value) in rows.iter_mut().zip(read::<i32>(storage, &path, &subset)?) {
+                    row.set_int(name, value);
+                }
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// The table of a stored plate of `n` committed rows.
 fn read_plate(
     storage: &Arc<Storage>,
     group: &str,
@@ -135,63 +192,39 @@ fn read_plate(
     dim: usize,
     chunk_rows: u64,
 ) -> Result<PlateTable, StoreError> {
-    let open = |path: &str| {
-        Array::open(storage.clone(), path).map_err(|e| StoreError::Zarr {
-            path: path.to_string(),
-            message: e.to_string(),
-        })
+    // Every row's index (to refuse a site twice) and status; whole rows
+    // only from the first one not final (they may still change: AdaBN
+    // provisional rows). Final rows before it stay on disk.
+    let column = |name: &str| {
+        read::<String>(
+            storage,
+            &format!("/{group}/obs/{name}"),
+            std::slice::from_ref(&(0..n)),
+        )
     };
-    let failed = |path: &str, e: zarrs::array::ArrayError| StoreError::Zarr {
-        path: path.to_string(),
-        message: e.to_string(),
+    let (index, status) = if n > 0 {
+        (column("_index")?, column("status")?)
+    } else {
+        (Vec::new(), Vec::new())
     };
-    let mut rows: Vec<StoredRow> = (0..n).map(|_| StoredRow::blank(dim)).collect();
-    if n > 0 {
-        let path = format!("/{group}/X");
-        let x: Vec<f32> = open(&path)?
-            .retrieve_array_subset(&[0..n, 0..dim as u64])
-            .map_err(|e| failed(&path, e))?;
-        for (row, values) in rows.iter_mut().zip(x.chunks_exact(dim.max(1))) {
-            row.embedding.copy_from_slice(values);
-        }
-        for (name, kind) in layout::obs_arrays() {
-            let path = format!("/{group}/obs/{name}");
-            let array = open(&path)?;
-            match kind {
-                ColumnKind::Text => {
-                    let v: Vec<String> = array
-                        .retrieve_array_subset(&layout::rows(0..n))
-                        .map_err(|e| failed(&path, e))?;
-                    for (row, value) in rows.iter_mut().zip(v) {
-                        row.set_text(name, value);
-                    }
-                }
-                ColumnKind::Int => {
-                    let v: Vec<i32> = array
-                        .retrieve_array_subset(&layout::rows(0..n))
-                        .map_err(|e| failed(&path, e))?;
-                    for (row, value) in rows.iter_mut().zip(v) {
-                        row.set_int(name, value);
-                    }
-                }
-            }
-        }
-    }
+    let open_from = status
+        .iter()
+        .position(|s| s != "final")
+        .unwrap_or(index.len()) as u64;
+    let rows = read_rows(storage, group, open_from..n, dim)?;
     let mut uns = HashMap::new();
     for key in UNS_KEYS {
-        let path = format!("/{group}/uns/{key}");
-        let v: Vec<String> = open(&path)?
-            .retrieve_array_subset(&Vec::<std::ops::Range<u64>>::new())
-            .map_err(|e| failed(&path, e))?;
+        let v: Vec<String> = read(storage, &format!("/{group}/uns/{key}"), &[])?;
         uns.insert(key.to_string(), v.into_iter().next().unwrap_or_default());
     }
     let mut table = PlateTable::new(group.to_string(), uns, chunk_rows);
-    table.index = rows
+    table.index = index
         .iter()
         .enumerate()
-        .map(|(i, r)| (crate::digest::of_site_text(&r.index), i))
+        .map(|(i, text)| (crate::digest::of_site_text(text), i))
         .collect();
-    table.committed = rows.len();
+    table.committed = index.len();
+    table.released = open_from as usize;
     table.rows = rows;
     table.meta_dirty = false;
     Ok(table)

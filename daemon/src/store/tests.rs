@@ -44,11 +44,9 @@ fn stage(store: &mut Store, plate: &str, range: std::ops::Range<u32>) {
     }
 }
 
+/// The committed rows of `plate`, as the store holds them on disk.
 fn rows(store: &Store, plate: &str) -> Vec<StoredRow> {
-    store
-        .plate(plate)
-        .map(|t| t.rows.clone())
-        .unwrap_or_default()
+    store.stored_rows(plate).expect("rows read back")
 }
 
 #[test]
@@ -101,7 +99,7 @@ fn a_site_is_stored_once() {
 }
 
 #[test]
-fn committed_final_chunks_leave_memory_but_not_the_store() {
+fn committed_final_rows_leave_memory_but_not_the_store() {
     let tmp = tempfile::tempdir().unwrap();
     let mut store = Store::open(tmp.path(), DIM, 4).unwrap();
     let final_row = |i| Row {
@@ -113,9 +111,10 @@ fn committed_final_chunks_leave_memory_but_not_the_store() {
     }
     store.stage(&row("P1", 6), &info()).unwrap();
     store.commit().unwrap();
-    // Rows 0..4 fill a chunk and are final; 4..7 share the partial chunk.
+    // Rows 0..6 are final: they leave memory, those of the partial chunk
+    // (4 and 5) too; the provisional row 6 stays.
     let table = store.plate("P1").unwrap();
-    assert_eq!((table.released, table.rows.len(), table.len()), (4, 3, 7));
+    assert_eq!((table.released, table.rows.len(), table.len()), (6, 1, 7));
     let err = store.stage(&final_row(2), &info()).unwrap_err();
     assert!(matches!(err, StoreError::Duplicate(_)), "{err}");
     assert!(
@@ -123,23 +122,84 @@ fn committed_final_chunks_leave_memory_but_not_the_store() {
             .update(&row("P1", 1).key, &[0.0; 3], RowStatus::Final)
             .is_err()
     );
-    // A provisional row keeps its chunk in memory until it is final.
     store
         .update(&row("P1", 6).key, &[6.5; 3], RowStatus::Final)
         .unwrap();
     for i in 7..9 {
         store.stage(&final_row(i), &info()).unwrap();
     }
-    assert_eq!(store.commit().unwrap(), 5);
-    assert_eq!(store.plate("P1").unwrap().released, 8);
+    // Written from the first row in memory: zarrs merges rows 6 and 7
+    // into the stored chunk of rows 4..8.
+    assert_eq!(store.commit().unwrap(), 3);
+    let table = store.plate("P1").unwrap();
+    assert_eq!((table.released, table.rows.len()), (9, 0));
+    drop(store);
+
+    let store = Store::open(tmp.path(), DIM, 4).unwrap();
+    // Reopened, a plate of final rows holds none in memory.
+    assert!(store.plate("P1").unwrap().rows.is_empty());
+    let back = rows(&store, "P1");
+    assert_eq!(back.len(), 9);
+    for i in [0, 2, 4, 5, 7, 8] {
+        assert_eq!(back[i], StoredRow::new(&final_row(i as u32)), "row {i}");
+    }
+    assert_eq!(back[6].embedding, vec![6.5; 3]);
+}
+
+#[test]
+fn a_reopened_plate_holds_its_rows_from_the_first_provisional_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = Store::open(tmp.path(), DIM, 4).unwrap();
+    for i in 0..5 {
+        let status = if i < 3 {
+            RowStatus::Final
+        } else {
+            RowStatus::Provisional
+        };
+        store
+            .stage(
+                &Row {
+                    status,
+                    ..row("P1", i)
+                },
+                &info(),
+            )
+            .unwrap();
+    }
+    store.commit().unwrap();
+    drop(store);
+
+    let mut store = Store::open(tmp.path(), DIM, 4).unwrap();
+    let table = store.plate("P1").unwrap();
+    assert_eq!((table.released, table.rows.len(), table.len()), (3, 2, 5));
+    assert_eq!(table.rows[0], StoredRow::new(&row("P1", 3)));
+    assert!(
+        store.contains(&row("P1", 0).key),
+        "released rows stay in the index"
+    );
+    store
+        .update(&row("P1", 4).key, &[4.5; 3], RowStatus::Final)
+        .unwrap();
+    store.commit().unwrap();
     drop(store);
 
     let store = Store::open(tmp.path(), DIM, 4).unwrap();
     let back = rows(&store, "P1");
-    assert_eq!(back.len(), 9);
-    assert_eq!(back[2], StoredRow::new(&final_row(2)));
-    assert_eq!(back[6].embedding, vec![6.5; 3]);
-    assert_eq!(back[8], StoredRow::new(&final_row(8)));
+    assert_eq!(
+        back[..4],
+        [0, 1, 2, 3].map(|i| StoredRow::new(&Row {
+            status: if i < 3 {
+                RowStatus::Final
+            } else {
+                RowStatus::Provisional
+            },
+            ..row("P1", i)
+        }))
+    );
+    assert_eq!(
+        (back[4].embedding.clone(), back[4].status),
+        (vec![4.5; 3], RowStatus::Final)
+    );
 }
 
 /// A metadata file of the store.
