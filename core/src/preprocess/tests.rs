@@ -383,30 +383,6 @@ fn loading_from_files_equals_preprocessing_the_planes() {
 }
 
 #[test]
-fn non_finite_float_samples_are_counted_and_name_their_file() {
-    let s = spec(
-        &["w1", "w2"],
-        STD,
-        Geometry::Resize {
-            height: 2,
-            width: 2,
-        },
-    );
-    let good = plane_u16(2, 2, |x, y| (x + y) as u16);
-    let bad = Plane {
-        width: 2,
-        height: 2,
-        pixels: Pixels::F32(vec![1.0, f32::NAN, f32::INFINITY, 2.0]),
-    };
-    match s.preprocess(&named(vec![good, bad])) {
-        Err(PreprocessError::NonFinite { path, count }) => {
-            assert_eq!((path, count), (PathBuf::from("c1.tif"), 2));
-        }
-        other => panic!("expected NonFinite, got {other:?}"),
-    }
-}
-
-#[test]
 fn lane_sums_equal_a_plain_sum_at_every_length() {
     // Lengths below, at and around the eight lanes, and with a remainder.
     for n in [0, 1, 7, 8, 9, 15, 16, 1001] {
