@@ -9,7 +9,7 @@ use serde_json::Value;
 use zarrs::array::Array;
 
 use super::layout::{self, ColumnKind};
-use super::{PlateTable, Storage, StoreError, StoredRow, UNS_KEYS, files, io};
+use super::{PlateTable, RowStatus, Storage, StoreError, StoredRow, UNS_KEYS, files, io};
 
 /// Remove every `*.tmp` file below `root`: writes a kill interrupted.
 /// zarrs' atomic writer refuses to write where one is left.
@@ -209,7 +209,7 @@ fn read_plate(
     };
     let open_from = status
         .iter()
-        .position(|s| s != "final")
+        .position(|s| s != RowStatus::Final.as_str())
         .unwrap_or(index.len()) as u64;
     let rows = read_rows(storage, group, open_from..n, dim)?;
     let mut uns = HashMap::new();
