@@ -60,7 +60,19 @@ print("# Performance\n")
 print("Training speed; the daemon's throughput, latency and memory are in [performance-daemon.md](performance-daemon.md) (`bench/daemon.sh`).\n")
 print(f"Made by `bench/run.sh`; do not edit by hand. Each time is the median over {rounds} rounds of the median")
 print(f"of {steps} timed steps after 2 warm-up steps; in every round, for each network, Candle's own ops (before),")
-print(f"bfx's kernels (after) and PyTorch run one after the other, {threads} threads each, on {os.cpu_count()} CPUs ({platform.machine()}).")
+# The host: the ratios move with the CPU (PyTorch's oneDNN and bfx's GEMMs use AVX-512 where there is one).
+cpu, flags = platform.processor() or platform.machine(), set()
+try:
+    for line in open("/proc/cpuinfo"):
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            cpu = value.strip()
+        elif key.strip() == "flags":
+            flags = set(value.split())
+except OSError:
+    pass
+avx512 = "AVX-512" if "avx512f" in flags else "no AVX-512"
+print(f"bfx's kernels (after) and PyTorch run one after the other, {threads} threads each, on {os.cpu_count()} CPUs ({cpu}, {platform.machine()}, {avx512}).")
 print("bfx runs as `bfx-trainer` does: mimalloc as allocator keeping freed memory, Candle's own thread pool at one thread")
 print("(trainer/src/runtime.rs); \"before\" is the same binary with Candle's ops and Candle's pool at its default size.\n")
 print("## Training step\n")
