@@ -55,22 +55,7 @@ mkdir -p "$work"
 [ -f "$work/screen/manifest.csv" ] || "$bin/bfx-trainer" synth --preset grid-like --seed 0 --out "$work/screen" >/dev/null
 "$bin/daemon-bench" bundle "$work/bundle"
 : > "$results"
-# The host, recorded with the measurements: the ratios move with the CPU
-# (ONNX Runtime uses AVX-512 where the CPU has it).
-"$venv/bin/python" - >> "$results" <<'PY'
-import json, os, platform
-model, flags = platform.machine(), set()
-try:
-    for line in open("/proc/cpuinfo"):
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            model = value.strip()
-        elif key.strip() == "flags":
-            flags = set(value.split())
-except OSError:
-    pass
-print(json.dumps({"bench": "host", "cpu": model, "cpus": os.cpu_count(), "avx512": "avx512f" in flags}))
-PY
+"$venv/bin/python" bench/host.py >> "$results"
 for round in $(seq "$rounds"); do
     echo "==> round $round of $rounds: the daemon on small plates, raw ONNX Runtime, the Python pipeline, the daemon ($sites sites)"
     # The screen's own small plates first (the daemon moves the folders away).

@@ -18,7 +18,9 @@ fi
 cargo build --release --locked -p bfx-bench
 results=$(mktemp)
 phases=$(mktemp)
-trap 'rm -f "$results" "$phases"' EXIT
+host=$(mktemp)
+trap 'rm -f "$results" "$phases" "$host"' EXIT
+.venv-bench/bin/python bench/host.py > "$host"
 steps=10
 run() { # binary python-script args...
     local bin=$1 script=$2
@@ -40,8 +42,8 @@ done
 # IST's phases as bfx-trainer runs them: the results' setting, then the generator row's.
 RAYON_NUM_THREADS=$threads target/release/ist-phases 16 32 4 32 $steps | tee -a "$phases"
 RAYON_NUM_THREADS=$threads target/release/ist-phases 32 32 5 64 $steps | tee -a "$phases"
-.venv-bench/bin/python - "$results" "$threads" "$steps" "$phases" "$rounds" > docs/performance.md <<'PY'
-import json, sys, platform, os, statistics
+.venv-bench/bin/python - "$results" "$threads" "$steps" "$phases" "$rounds" "$host" > docs/performance.md <<'PY'
+import json, sys, statistics
 runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 phases = [json.loads(l) for l in open(sys.argv[4]) if l.strip()]
 threads, steps, rounds = sys.argv[2], sys.argv[3], int(sys.argv[5])
@@ -60,19 +62,9 @@ print("# Performance\n")
 print("Training speed; the daemon's throughput, latency and memory are in [performance-daemon.md](performance-daemon.md) (`bench/daemon.sh`).\n")
 print(f"Made by `bench/run.sh`; do not edit by hand. Each time is the median over {rounds} rounds of the median")
 print(f"of {steps} timed steps after 2 warm-up steps; in every round, for each network, Candle's own ops (before),")
-# The host: the ratios move with the CPU (PyTorch's oneDNN and bfx's GEMMs use AVX-512 where there is one).
-cpu, flags = platform.processor() or platform.machine(), set()
-try:
-    for line in open("/proc/cpuinfo"):
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            cpu = value.strip()
-        elif key.strip() == "flags":
-            flags = set(value.split())
-except OSError:
-    pass
-avx512 = "AVX-512" if "avx512f" in flags else "no AVX-512"
-print(f"bfx's kernels (after) and PyTorch run one after the other, {threads} threads each, on {os.cpu_count()} CPUs ({cpu}, {platform.machine()}, {avx512}).")
+host = json.load(open(sys.argv[6]))
+cpu = f"{host['cpu']}, {host['arch']}, " + ("AVX-512" if host["avx512"] else "no AVX-512")
+print(f"bfx's kernels (after) and PyTorch run one after the other, {threads} threads each, on {host['cpus']} CPUs ({cpu}).")
 print("bfx runs as `bfx-trainer` does: mimalloc as allocator keeping freed memory, Candle's own thread pool at one thread")
 print("(trainer/src/runtime.rs); \"before\" is the same binary with Candle's ops and Candle's pool at its default size.\n")
 print("## Training step\n")
