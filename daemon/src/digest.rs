@@ -1,8 +1,8 @@
 //! 128-bit identities for the daemon's per-site and per-file sets (sites
-//! stored, sites assembled, files used). A daemon that runs for weeks
-//! holds one entry per stored site and per used file: 16 bytes of a
-//! sha256 take a fraction of a key's or a path's memory, and two share one
-//! with odds of about entries² / 2^129.
+//! stored, sites assembled, files used). They hold an entry per site and
+//! per file of each open plate (a settled plate's are dropped): 16 bytes
+//! of a sha256 take a fraction of a key's or a path's memory, and two
+//! share one with odds of about entries² / 2^129.
 
 use std::path::Path;
 

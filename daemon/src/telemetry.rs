@@ -50,6 +50,10 @@ pub const QUEUE_DEPTH: &str = "bfx_queue_depth";
 pub const QUEUE_CAPACITY: &str = "bfx_queue_capacity";
 /// Plates open (not complete) in the store.
 pub const OPEN_PLATES: &str = "bfx_open_plates";
+/// Per-file and per-site entries a stage remembers to recognise what it
+/// has handled, by `stage` (ready: files; assemble, store: sites). A
+/// plate's are dropped once it is settled, so this follows the open plates.
+pub const REMEMBERED: &str = "bfx_remembered_entries";
 /// Rows in the store, by `status` (provisional, final).
 pub const ROWS: &str = "bfx_rows";
 /// The model in use: `method`, `sha256` (bundle manifest), `mode`.

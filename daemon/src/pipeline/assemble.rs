@@ -4,6 +4,8 @@
 //! channels after the site timeout is recorded as incomplete. A plate
 //! opens with its first file and closes on a completion marker in its
 //! folder, on reaching the expected site count, or after a quiet period.
+//! Once it is settled in the store its sites are forgotten: the ready
+//! stage then recognises files of its stored sites by the store's index.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -48,6 +50,9 @@ struct Plate {
     sites: u64,
     last_file: Instant,
     closed: bool,
+    /// Sites sent on, by digest, until the plate is settled: a later
+    /// file for one is a duplicate, not a new site.
+    assembled: HashSet<u128>,
 }
 
 /// Run until `rx` closes.
@@ -59,9 +64,6 @@ pub async fn run(
 ) {
     let mut partial: HashMap<SiteKey, Partial> = HashMap::new();
     let mut plates: HashMap<String, Plate> = HashMap::new();
-    // Sites already sent on, by digest: a later file for one is a
-    // duplicate, not a new site.
-    let mut assembled: HashSet<u128> = HashSet::new();
     let tick = (config.site_timeout.min(config.quiet_period) / 4)
         .clamp(Duration::from_millis(50), Duration::from_secs(5));
     let mut interval = tokio::time::interval(tick);
@@ -70,7 +72,8 @@ pub async fn run(
         tokio::select! {
             event = rx.recv() => match event {
                 Some(FileEvent::Image(file)) => {
-                    if assembled.contains(&digest::of_site(&file.key.site)) {
+                    let site = digest::of_site(&file.key.site);
+                    if plates.get(&file.key.site.plate).is_some_and(|p| p.assembled.contains(&site)) {
                         metrics::counter!(telemetry::FILES_REJECTED, "reason" => "duplicate").increment(1);
                         journal.record(
                             Event::Duplicate,
@@ -81,10 +84,21 @@ pub async fn run(
                         accept(&config, &journal, &mut partial, &mut plates, file, &mut out);
                     }
                     for msg in &out {
-                        if let SiteMsg::Site(site) = msg {
-                            assembled.insert(digest::of_site(&site.key));
+                        if let SiteMsg::Site(site) = msg
+                            && let Some(plate) = plates.get_mut(&site.key.plate)
+                        {
+                            plate.assembled.insert(digest::of_site(&site.key));
                         }
                     }
+                }
+                Some(FileEvent::Settled(name)) => {
+                    // Sites still in flight to the store when it settled are
+                    // forgotten too: a file of one listed again in that
+                    // moment is assembled again, and the store refuses it.
+                    if let Some(plate) = plates.get_mut(&name) {
+                        plate.assembled = HashSet::new();
+                    }
+                    remembered(&plates);
                 }
                 Some(FileEvent::Marker(path)) => {
                     let dir = path.parent().map(PathBuf::from).unwrap_or_default();
@@ -100,6 +114,7 @@ pub async fn run(
                 None => return,
             },
             _ = interval.tick() => {
+                remembered(&plates);
                 let now = Instant::now();
                 let expired: Vec<SiteKey> = partial.iter()
                     .filter(|(_, p)| now.duration_since(p.first) >= config.site_timeout)
@@ -130,6 +145,11 @@ pub async fn run(
     }
 }
 
+fn remembered(plates: &HashMap<String, Plate>) {
+    let sites: usize = plates.values().map(|p| p.assembled.len()).sum();
+    metrics::gauge!(telemetry::REMEMBERED, "stage" => "assemble").set(sites as f64);
+}
+
 fn accept(
     config: &AssembleConfig,
     journal: &Journal,
@@ -144,6 +164,7 @@ fn accept(
         sites: config.committed.get(&key.plate).copied().unwrap_or(0),
         last_file: Instant::now(),
         closed: false,
+        assembled: HashSet::new(),
     });
     plate.last_file = Instant::now();
     if let Some(dir) = file.path.parent() {

@@ -12,6 +12,7 @@
 mod assemble;
 mod batch;
 mod embed;
+mod handled;
 pub mod layout;
 mod prepare;
 mod ready;
@@ -41,7 +42,7 @@ pub use self::watch::scan;
 use crate::engine::{Engine, EngineError, PlateStats};
 use crate::journal::Journal;
 use crate::runtime::{self, RuntimeError};
-use crate::store::{PlateInfo, Row, Store, StoreError};
+use crate::store::{PlateInfo, Reader, Row, Store, StoreError};
 use crate::telemetry::{self, Health};
 
 /// A file that is ready: decoded planes and what its name says.
@@ -62,6 +63,8 @@ pub enum FileEvent {
     Image(ReadyFile),
     /// A plate completion marker.
     Marker(PathBuf),
+    /// A plate is settled: stored complete, every row final.
+    Settled(String),
 }
 
 /// A site with every channel.
@@ -265,12 +268,20 @@ pub async fn run_reloading(
         pages: if multi_page { Pages::All } else { Pages::First },
     };
 
-    let mut committed = HashSet::new();
+    let mut committed = HashMap::new();
+    let mut settled = HashSet::new();
     let mut per_plate = HashMap::new();
     let mut pinned_elsewhere = HashMap::new();
     for table in store.plates().values() {
-        committed.extend(table.index.keys().cloned());
         let plate = table.uns.get("plate").cloned().unwrap_or_default();
+        match &table.index {
+            Some(index) => {
+                committed.insert(plate.clone(), index.keys().copied().collect());
+            }
+            None => {
+                settled.insert(plate.clone());
+            }
+        }
         per_plate.insert(plate.clone(), table.len() as u64);
         let sha = table.uns.get("bundle_sha256").cloned().unwrap_or_default();
         if !table.complete() && sha != bundle.sha256 {
@@ -331,10 +342,17 @@ pub async fn run_reloading(
         read,
         quarantine: config.quarantine.clone(),
         marker,
-        committed,
+        handled: handled::Handled::new(committed, settled, Reader::new(store.root())?),
         pinned_elsewhere,
     };
-    tokio::spawn(ready::run(ready, journal.clone(), paths_rx, files_tx));
+    let (settled_tx, settled_rx) = mpsc::unbounded_channel();
+    tokio::spawn(ready::run(
+        ready,
+        journal.clone(),
+        paths_rx,
+        settled_rx,
+        files_tx,
+    ));
     let assemble = assemble::AssembleConfig {
         channels,
         multi_page,
@@ -407,6 +425,7 @@ pub async fn run_reloading(
         health: health.clone(),
         staged: Vec::new(),
         shutdown: sink_shutdown,
+        settled: settled_tx,
     };
     health
         .started

@@ -2,10 +2,13 @@
 //! stable for the settle interval and it decodes fully. Decoding failures
 //! are retried with backoff until the read deadline, then the file is
 //! quarantined (recorded, or moved with a note; never deleted). Files of
-//! sites already in the store are skipped without decoding.
+//! sites already in the store are skipped without decoding. What the
+//! stage remembers of handled files is in [`super::handled`]; the sink
+//! tells it when a plate is settled, and it passes that on to the
+//! assemble stage, so both forget the plate.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -15,8 +18,8 @@ use bfx_core::image::{Pages, ReadOptions, read_image};
 use bfx_core::naming::{ImageKey, NamingError, NamingScheme};
 use tokio::sync::mpsc;
 
+use super::handled::{Handled, Outcome};
 use super::{FileEvent, ReadyFile};
-use crate::digest;
 use crate::journal::{Event, Journal};
 use crate::telemetry;
 
@@ -36,8 +39,8 @@ pub struct ReadyConfig {
     pub quarantine: QuarantineConfig,
     /// Glob of the plate completion marker, if any.
     pub marker: Option<regex::Regex>,
-    /// Sites already in the store, by [`crate::digest::of_site`].
-    pub committed: HashSet<u128>,
+    /// Handled files and stored sites (from the store at start-up).
+    pub handled: Handled,
     /// Open plates of the store started with another bundle, with that
     /// bundle's sha256: a plate keeps the model it started with.
     pub pinned_elsewhere: HashMap<String, String>,
@@ -115,7 +118,7 @@ enum Look {
     /// Not ready yet: look again then.
     Later(Instant),
     /// Finished without an event (skipped or refused).
-    Done,
+    Done(Outcome),
     /// Gone, or not a file: forgotten (seen again if it comes back).
     Forget,
     /// A plate completion marker.
@@ -138,14 +141,11 @@ struct Stable {
 struct Waiting {
     candidates: HashMap<PathBuf, Candidate>,
     due: BinaryHeap<Reverse<(Instant, PathBuf)>>,
-    /// Files already used or refused, by [`digest::of_path`] (every
-    /// rescan lists them again).
-    done: HashSet<u128>,
 }
 
 impl Waiting {
-    fn add(&mut self, path: PathBuf) {
-        if self.candidates.contains_key(&path) || self.done.contains(&digest::of_path(&path)) {
+    fn add(&mut self, config: &mut ReadyConfig, path: PathBuf) {
+        if self.candidates.contains_key(&path) || config.handled.handled(&path, &config.naming) {
             return;
         }
         let now = Instant::now();
@@ -170,9 +170,9 @@ impl Waiting {
         }
     }
 
-    fn finish(&mut self, path: &Path) {
+    fn finish(&mut self, config: &mut ReadyConfig, path: &Path, outcome: Outcome) {
         self.candidates.remove(path);
-        self.done.insert(digest::of_path(path));
+        config.handled.finish(path, outcome);
     }
 
     /// Candidates due by `now`, oldest first (so "the first file of a
@@ -197,42 +197,50 @@ impl Waiting {
     }
 }
 
-/// Run until `rx` closes.
+/// Run until `rx` closes. `settled` names each plate the sink has
+/// stored complete.
 pub async fn run(
     mut config: ReadyConfig,
     journal: Arc<Journal>,
     mut rx: mpsc::Receiver<PathBuf>,
+    mut settled: mpsc::UnboundedReceiver<String>,
     tx: mpsc::Sender<FileEvent>,
 ) {
     let mut waiting = Waiting {
         candidates: HashMap::new(),
         due: BinaryHeap::new(),
-        done: HashSet::new(),
     };
     loop {
         let next = waiting.due.peek().map(|Reverse((at, _))| *at);
         tokio::select! {
             path = rx.recv() => match path {
-                Some(path) => waiting.add(path),
+                Some(path) => waiting.add(&mut config, path),
                 // Shutdown: files not yet ready are found again after a restart.
                 None => return,
             },
+            Some(plate) = settled.recv() => {
+                config.handled.settle(plate.clone());
+                remembered(&config);
+                if tx.send(FileEvent::Settled(plate)).await.is_err() {
+                    return;
+                }
+            }
             _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now).into()), if next.is_some() => {
                 let now = Instant::now();
                 let mut decode: Vec<Stable> = Vec::new();
                 for path in waiting.take_due(now) {
                     match look(&mut config, &journal, &mut waiting, &path, now) {
                         Look::Later(at) => waiting.schedule(&path, at),
-                        Look::Done => waiting.finish(&path),
+                        Look::Done(outcome) => waiting.finish(&mut config, &path, outcome),
                         Look::Forget => {
                             waiting.candidates.remove(&path);
                         }
                         Look::Marker => {
                             // A marker closes its plate: the files ready before it go first.
-                            if !send_decoded(&config, &journal, &mut waiting, std::mem::take(&mut decode), &tx).await {
+                            if !send_decoded(&mut config, &journal, &mut waiting, std::mem::take(&mut decode), &tx).await {
                                 return;
                             }
-                            waiting.finish(&path);
+                            waiting.finish(&mut config, &path, Outcome::Kept);
                             if tx.send(FileEvent::Marker(path)).await.is_err() {
                                 return;
                             }
@@ -240,19 +248,25 @@ pub async fn run(
                         Look::Decode(file) => decode.push(file),
                     }
                 }
-                if !send_decoded(&config, &journal, &mut waiting, decode, &tx).await {
+                if !send_decoded(&mut config, &journal, &mut waiting, decode, &tx).await {
                     return;
                 }
+                remembered(&config);
             }
         }
     }
+}
+
+fn remembered(config: &ReadyConfig) {
+    metrics::gauge!(telemetry::REMEMBERED, "stage" => "ready")
+        .set(config.handled.remembered() as f64);
 }
 
 /// Decode `files` on the blocking pool, a few at a time, and send each
 /// that decodes; the others are retried or quarantined. False once the
 /// next stage is gone.
 async fn send_decoded(
-    config: &ReadyConfig,
+    config: &mut ReadyConfig,
     journal: &Journal,
     waiting: &mut Waiting,
     files: Vec<Stable>,
@@ -290,7 +304,7 @@ async fn send_decoded(
         {
             match planes {
                 Ok(planes) => {
-                    waiting.finish(&path);
+                    waiting.finish(config, &path, Outcome::Used(key.site.clone()));
                     let event = FileEvent::Image(ReadyFile {
                         path,
                         key,
@@ -311,7 +325,7 @@ async fn send_decoded(
 /// A stable file that did not decode: retried with backoff, quarantined
 /// once the read deadline has passed since its last change.
 fn unreadable(
-    config: &ReadyConfig,
+    config: &mut ReadyConfig,
     journal: &Journal,
     waiting: &mut Waiting,
     path: &Path,
@@ -326,7 +340,7 @@ fn unreadable(
     if now.duration_since(c.stable_since) >= config.read_deadline {
         rejected("unreadable");
         quarantine(&config.quarantine, journal, path, &reason);
-        waiting.finish(path);
+        waiting.finish(config, path, Outcome::Kept);
     } else {
         c.attempts += 1;
         let backoff =
@@ -370,7 +384,7 @@ fn look(
                 path,
                 &format!("cannot look at the file: {e}"),
             );
-            return Look::Done;
+            return Look::Done(Outcome::Kept);
         }
     };
     if !meta.is_file() {
@@ -401,7 +415,7 @@ fn look(
     {
         // The quarantine folder may sit under a watched root.
         skipped("quarantine_folder");
-        return Look::Done;
+        return Look::Done(Outcome::Skipped);
     }
     let name = path
         .file_name()
@@ -415,17 +429,17 @@ fn look(
         Ok(key) => key,
         Err(NamingError::NotAcquired { .. }) => {
             skipped("not_acquired");
-            return Look::Done;
+            return Look::Done(Outcome::Skipped);
         }
         Err(e) => {
             rejected("naming");
             quarantine(&config.quarantine, journal, path, &e.to_string());
-            return Look::Done;
+            return Look::Done(Outcome::Kept);
         }
     };
-    if config.committed.contains(&digest::of_site(&key.site)) {
+    if config.handled.stored(&key.site) {
         skipped("already_stored");
-        return Look::Done;
+        return Look::Done(Outcome::Stored(key.site));
     }
     if let Some(sha) = config.pinned_elsewhere.get(&key.site.plate) {
         let reason = format!(
@@ -440,7 +454,7 @@ fn look(
                 .pinned_elsewhere
                 .insert(key.site.plate.clone(), String::new());
         }
-        return Look::Done;
+        return Look::Done(Outcome::Kept);
     }
     let multi_page = config.read.pages == Pages::All;
     if !multi_page && !config.channels.contains(&key.channel) {
@@ -450,7 +464,7 @@ fn look(
         );
         rejected("channel");
         quarantine(&config.quarantine, journal, path, &reason);
-        return Look::Done;
+        return Look::Done(Outcome::Kept);
     }
     Look::Decode(Stable {
         path: path.to_owned(),

@@ -6,6 +6,8 @@
 //! Meanwhile the stage takes new rows only up to `max_rows` staged: past
 //! that the pipeline behind it fills and waits, so the sites wait as files
 //! on disk rather than as rows in memory (until shutdown, when it drains).
+//! After each commit the plates that settled (complete, every row final)
+//! are named to the ready stage, so the stages before forget them.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -30,6 +32,10 @@ pub struct Sink {
     pub staged: Vec<(Instant, RowStatus)>,
     /// Turns true at shutdown (the stage then takes everything, to drain).
     pub shutdown: watch::Receiver<bool>,
+    /// Plates settled by a commit, to the ready stage. Unbounded, so the
+    /// sink never waits on a stage that may be waiting on it; one message
+    /// per plate.
+    pub settled: mpsc::UnboundedSender<String>,
 }
 
 impl Sink {
@@ -121,6 +127,8 @@ impl Sink {
         metrics::gauge!(telemetry::ROWS, "status" => "provisional").set(provisional as f64);
         metrics::gauge!(telemetry::ROWS, "status" => "final").set(fin as f64);
         metrics::gauge!(telemetry::OPEN_PLATES).set(open as f64);
+        metrics::gauge!(telemetry::REMEMBERED, "stage" => "store")
+            .set(self.store.remembered() as f64);
     }
 
     /// Commit what is staged; false if it failed.
@@ -141,6 +149,11 @@ impl Sink {
                         .increment(1);
                 }
                 self.health.store_writable.store(true, Ordering::Relaxed);
+                for plate in self.store.settle() {
+                    tracing::debug!(plate, "settled; the stages before forget its sites");
+                    // At shutdown the ready stage may be gone: nothing to forget then.
+                    let _ = self.settled.send(plate);
+                }
                 self.gauges();
                 if was_failing {
                     tracing::warn!("the store is writable again; commits resumed");
@@ -221,6 +234,7 @@ mod tests {
             health: health.clone(),
             staged: Vec::new(),
             shutdown,
+            settled: mpsc::unbounded_channel().0,
         };
         let (tx, rx) = mpsc::channel(1);
         let stage = tokio::spawn(sink.run(rx));

@@ -14,6 +14,7 @@
 //! back to its last commit.
 
 mod files;
+mod index;
 pub mod layout;
 mod plate;
 mod recover;
@@ -30,6 +31,7 @@ use zarrs::array::ArrayBuilder;
 use zarrs::filesystem::FilesystemStore;
 use zarrs::storage::storage_adapter::atomic_write::AtomicWriteStorageAdapter;
 
+pub use self::index::Reader;
 use self::layout::ColumnKind;
 pub use self::plate::{PlateTable, Row, RowStatus, StoredRow, UNS_KEYS, correction_name};
 use crate::digest;
@@ -179,12 +181,6 @@ impl Store {
         recover::read_rows(&self.storage, &group, 0..n as u64, self.dim)
     }
 
-    /// Whether `key` is staged or committed.
-    pub fn contains(&self, key: &SiteKey) -> bool {
-        self.plate(&key.plate)
-            .is_some_and(|t| t.index.contains_key(&digest::of_site(key)))
-    }
-
     /// Rows staged but not yet committed, over all plates.
     pub fn pending(&self) -> usize {
         self.plates
@@ -204,7 +200,8 @@ impl Store {
             )));
         }
         let plate = row.key.plate.clone();
-        let table = self.plates.entry(group_name(&plate)).or_insert_with(|| {
+        let g = group_name(&plate);
+        let table = self.plates.entry(g.clone()).or_insert_with(|| {
             let uns = HashMap::from([
                 ("adabn_stats".to_string(), String::new()),
                 (
@@ -222,13 +219,16 @@ impl Store {
             ]);
             PlateTable::new(group_name(&plate), uns, self.chunk_rows)
         });
+        let i = table.len();
         let stored = StoredRow::new(row);
         let id = digest::of_site_text(&stored.index);
-        if table.index.contains_key(&id) {
+        let index = self.index(&g)?;
+        if index.contains_key(&id) {
             return Err(StoreError::Duplicate(stored.index));
         }
-        let i = table.len();
-        table.index.insert(id, i);
+        index.insert(id, i);
+        // The group was entered above.
+        let table = self.plates.get_mut(&g).expect("plate group present");
         table.rows.push(stored);
         table.touch(i);
         Ok(i)
@@ -242,14 +242,18 @@ impl Store {
         status: RowStatus,
     ) -> Result<(), StoreError> {
         let text = key.to_string();
-        let table = self
-            .plates
-            .get_mut(&group_name(&key.plate))
-            .ok_or_else(|| StoreError::Layout(format!("{text}: no such plate in the store")))?;
-        let i = *table
-            .index
+        let g = group_name(&key.plate);
+        if !self.plates.contains_key(&g) {
+            return Err(StoreError::Layout(format!(
+                "{text}: no such plate in the store"
+            )));
+        }
+        let i = *self
+            .index(&g)?
             .get(&digest::of_site_text(&text))
             .ok_or_else(|| StoreError::Layout(format!("{text}: no such site in the store")))?;
+        // Checked above.
+        let table = self.plates.get_mut(&g).expect("plate group present");
         let row = table.row_mut(i).ok_or_else(|| {
             StoreError::Layout(format!(
                 "{text}: final and committed; it is not changed again"

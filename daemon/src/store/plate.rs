@@ -216,8 +216,11 @@ pub struct PlateTable {
     /// Whether `uns` (or the group itself) needs writing.
     pub meta_dirty: bool,
     /// Row position of each site, by [`crate::digest::of_site_text`] of
-    /// its key (kept for every row, released ones included).
-    pub index: HashMap<u128, usize>,
+    /// its key (every row, released ones included); `None` once the plate
+    /// is settled ([`PlateTable::settled`]): a daemon running for weeks
+    /// would otherwise hold an entry for every site it ever stored. The
+    /// store reads it back from the `_index` column if a row comes late.
+    pub index: Option<HashMap<u128, usize>>,
     /// Rows per chunk of the plate's arrays: fixed when the plate is
     /// created (a stored plate keeps its own whatever the configuration
     /// says later, or its chunks would be read with the wrong size).
@@ -235,7 +238,7 @@ impl PlateTable {
             dirty_from: None,
             uns,
             meta_dirty: true,
-            index: HashMap::new(),
+            index: Some(HashMap::new()),
             chunk_rows: chunk_rows.max(1),
         }
     }
@@ -278,5 +281,15 @@ impl PlateTable {
     /// Whether the plate was marked complete.
     pub fn complete(&self) -> bool {
         self.uns.get("plate_status").map(String::as_str) == Some("complete")
+    }
+
+    /// Whether nothing of the plate is left to change: complete, every
+    /// row committed, final and released, its metadata written.
+    pub fn settled(&self) -> bool {
+        self.complete()
+            && self.rows.is_empty()
+            && self.committed == self.released
+            && self.dirty_from.is_none()
+            && !self.meta_dirty
     }
 }

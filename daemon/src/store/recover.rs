@@ -184,6 +184,47 @@ pub fn read_rows(
     Ok(rows)
 }
 
+/// The commit point of plate group `group` under `root`: the rows its
+/// group metadata makes visible (0 for a plate never committed).
+pub fn commit_point(root: &Path, group: &str) -> Result<u64, StoreError> {
+    let meta = read_json(&root.join(group).join("zarr.json"))?;
+    Ok(meta
+        .as_ref()
+        .and_then(|m| rows_of(&m["consolidated_metadata"]["metadata"]["X"]))
+        .unwrap_or(0))
+}
+
+/// Row position of each of the first `n` rows of `group`, by
+/// [`crate::digest::of_site_text`] of its `_index`.
+pub fn read_index(
+    storage: &Arc<Storage>,
+    group: &str,
+    n: u64,
+) -> Result<HashMap<u128, usize>, StoreError> {
+    Ok(column(storage, group, "_index", n)?
+        .iter()
+        .enumerate()
+        .map(|(i, text)| (crate::digest::of_site_text(text), i))
+        .collect())
+}
+
+/// The first `n` values of text column `name` of `group`.
+fn column(
+    storage: &Arc<Storage>,
+    group: &str,
+    name: &str,
+    n: u64,
+) -> Result<Vec<String>, StoreError> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    read(
+        storage,
+        &format!("/{group}/obs/{name}"),
+        std::slice::from_ref(&(0..n)),
+    )
+}
+
 /// The table of a stored plate of `n` committed rows.
 fn read_plate(
     storage: &Arc<Storage>,
@@ -192,25 +233,14 @@ fn read_plate(
     dim: usize,
     chunk_rows: u64,
 ) -> Result<PlateTable, StoreError> {
-    // Every row's index (to refuse a site twice) and status; whole rows
-    // only from the first one not final (they may still change: AdaBN
-    // provisional rows). Final rows before it stay on disk.
-    let column = |name: &str| {
-        read::<String>(
-            storage,
-            &format!("/{group}/obs/{name}"),
-            std::slice::from_ref(&(0..n)),
-        )
-    };
-    let (index, status) = if n > 0 {
-        (column("_index")?, column("status")?)
-    } else {
-        (Vec::new(), Vec::new())
-    };
+    // Rows are read whole only from the first one not final (they may
+    // still change: AdaBN provisional rows); final rows before it stay on
+    // disk.
+    let status = column(storage, group, "status", n)?;
     let open_from = status
         .iter()
         .position(|s| s != RowStatus::Final.as_str())
-        .unwrap_or(index.len()) as u64;
+        .unwrap_or(status.len()) as u64;
     let rows = read_rows(storage, group, open_from..n, dim)?;
     let mut uns = HashMap::new();
     for key in UNS_KEYS {
@@ -218,14 +248,16 @@ fn read_plate(
         uns.insert(key.to_string(), v.into_iter().next().unwrap_or_default());
     }
     let mut table = PlateTable::new(group.to_string(), uns, chunk_rows);
-    table.index = index
-        .iter()
-        .enumerate()
-        .map(|(i, text)| (crate::digest::of_site_text(text), i))
-        .collect();
-    table.committed = index.len();
+    table.committed = n as usize;
     table.released = open_from as usize;
     table.rows = rows;
     table.meta_dirty = false;
+    // A settled plate's index stays on disk (read back if a row comes
+    // late); the others need theirs to refuse a site twice.
+    table.index = if table.settled() {
+        None
+    } else {
+        Some(read_index(storage, group, n)?)
+    };
     Ok(table)
 }

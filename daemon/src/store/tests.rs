@@ -69,7 +69,7 @@ fn committed_rows_come_back_after_reopening() {
     let before = rows(&store, "P1");
     drop(store);
 
-    let store = Store::open(tmp.path(), DIM, 4).unwrap();
+    let mut store = Store::open(tmp.path(), DIM, 4).unwrap();
     assert_eq!(rows(&store, "P1"), before);
     assert_eq!(before.len(), 9);
     assert_eq!(before[1].embedding, vec![9.0, 9.0, 9.0]);
@@ -78,8 +78,8 @@ fn committed_rows_come_back_after_reopening() {
     assert_eq!(before[0].acquired, "2027-01-15T08:00:00.000Z");
     assert!(store.plate("P1").unwrap().complete());
     assert!(!store.plate("P 2/x").unwrap().complete());
-    assert!(store.contains(&row("P 2/x", 1).key));
-    assert!(!store.contains(&row("P 2/x", 2).key));
+    assert!(store.contains(&row("P 2/x", 1).key).expect("index"));
+    assert!(!store.contains(&row("P 2/x", 2).key).expect("index"));
     let groups: Vec<&String> = store.plates().keys().collect();
     assert_eq!(groups[0], "P1");
     assert!(groups[1].starts_with("plate_P_2_x-"), "{}", groups[1]);
@@ -174,7 +174,7 @@ fn a_reopened_plate_holds_its_rows_from_the_first_provisional_one() {
     assert_eq!((table.released, table.rows.len(), table.len()), (3, 2, 5));
     assert_eq!(table.rows[0], StoredRow::new(&row("P1", 3)));
     assert!(
-        store.contains(&row("P1", 0).key),
+        store.contains(&row("P1", 0).key).expect("index"),
         "released rows stay in the index"
     );
     store
@@ -263,7 +263,7 @@ fn a_kill_between_array_metadata_rolls_back_to_the_last_commit() {
     assert_eq!(back.len(), 5);
     assert_eq!(back[4].embedding, vec![4.0, -4.0, 0.5]);
     // The rolled-back sites are new again and get stored once.
-    assert!(!store.contains(&row("P1", 5).key));
+    assert!(!store.contains(&row("P1", 5).key).expect("index"));
     stage(&mut store, "P1", 5..9);
     store.commit().unwrap();
     drop(store);
@@ -410,4 +410,59 @@ fn a_commit_syncs_every_folder_it_renamed_chunks_into() {
         chunks > 2 * 10 + UNS_KEYS.len(),
         "{chunks} chunk files written"
     );
+}
+
+/// A settled plate's index leaves memory; the store reads it back when a
+/// row comes late, so a site is still stored once, and the plate settles
+/// again after that row's commit.
+#[test]
+fn a_settled_plate_forgets_its_index_and_still_refuses_a_site_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = Store::open(tmp.path(), DIM, 4).unwrap();
+    let stage = |store: &mut Store, plate: &str, range: std::ops::Range<u32>| {
+        for i in range {
+            let row = Row {
+                status: RowStatus::Final,
+                ..row(plate, i)
+            };
+            store.stage(&row, &info()).expect("new site");
+        }
+    };
+    stage(&mut store, "P1", 0..6);
+    stage(&mut store, "P2", 0..2);
+    store.commit().unwrap();
+    assert!(store.settle().is_empty(), "open plates are not settled");
+    store.set_complete("P1");
+    assert!(
+        store.settle().is_empty(),
+        "a completion not yet committed does not settle"
+    );
+    store.commit().unwrap();
+    assert_eq!(store.settle(), ["P1"]);
+    assert!(store.settle().is_empty(), "a plate settles once");
+    assert_eq!(store.remembered(), 2, "only the open plate's sites");
+    let on_disk = Reader::new(tmp.path()).unwrap().sites("P1").unwrap();
+    assert_eq!(on_disk.len(), 6);
+    assert!(on_disk.contains(&crate::digest::of_site(&row("P1", 3).key)));
+
+    assert!(matches!(
+        store.stage(&row("P1", 3), &info()),
+        Err(StoreError::Duplicate(_))
+    ));
+    stage(&mut store, "P1", 6..7);
+    assert!(store.settle().is_empty(), "a late row is not committed yet");
+    store.commit().unwrap();
+    assert_eq!(store.settle(), ["P1"]);
+    assert_eq!(rows(&store, "P1").len(), 7);
+    drop(store);
+
+    let mut store = Store::open(tmp.path(), DIM, 4).unwrap();
+    assert!(
+        store.plate("P1").unwrap().index.is_none(),
+        "settled on open"
+    );
+    assert!(store.plate("P2").unwrap().index.is_some());
+    assert_eq!(store.remembered(), 2);
+    assert!(store.contains(&row("P1", 6).key).unwrap());
+    assert!(!store.contains(&row("P1", 7).key).unwrap());
 }
