@@ -78,11 +78,14 @@ impl Store {
     /// every row committed and final) and return those plates' names: the
     /// stages before the sink may forget what they hold of them, and so
     /// memory does not grow with every site a long-running daemon stores.
+    /// The plate's row buffer and AdaBN statistics go too
+    /// ([`PlateTable::forget`](super::PlateTable::forget)).
     pub fn settle(&mut self) -> Vec<String> {
         let mut settled = Vec::new();
         for table in self.plates.values_mut() {
             if table.index.is_some() && table.settled() {
                 table.index = None;
+                table.forget();
                 settled.push(table.uns.get("plate").cloned().unwrap_or_default());
             }
         }

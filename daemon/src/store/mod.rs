@@ -366,7 +366,11 @@ impl Store {
         if table.meta_dirty {
             for key in UNS_KEYS {
                 let path = format!("/{g}/uns/{key}");
-                let value = table.uns.get(key).cloned().unwrap_or_default();
+                // A settled plate's large values stay on disk ([`Store::settle`]).
+                let value = match table.uns.get(key) {
+                    Some(v) => v.clone(),
+                    None => recover::read_uns(&self.storage, g, key)?,
+                };
                 self.array(&layout::scalar_array(), &path)?
                     .store_array_subset(&Vec::<std::ops::Range<u64>>::new(), vec![value])
                     .map_err(zarr(&path))?;
@@ -402,12 +406,18 @@ impl Store {
         }
     }
 
-    /// Release every plate's rows that no commit writes again (after
-    /// start-up, once provisional plates were read back).
+    /// Release every plate's rows that no commit writes again, and what
+    /// settled plates hold beyond their name (after start-up, once
+    /// provisional plates and AdaBN statistics were read back).
     pub fn release_committed(&mut self) {
         let groups: Vec<String> = self.plates.keys().cloned().collect();
         for g in groups {
             self.release(&g);
+        }
+        for table in self.plates.values_mut() {
+            if table.index.is_none() {
+                table.forget();
+            }
         }
     }
 

@@ -283,6 +283,14 @@ impl PlateTable {
         self.uns.get("plate_status").map(String::as_str) == Some("complete")
     }
 
+    /// Drop what a settled plate needs no more: its row buffer (sized for
+    /// a commit's rows) and its AdaBN statistics (tens of kilobytes of
+    /// JSON), which a commit rewriting its `uns` reads back.
+    pub fn forget(&mut self) {
+        self.rows = Vec::new();
+        self.uns.remove("adabn_stats");
+    }
+
     /// Whether nothing of the plate is left to change: complete, every
     /// row committed, final and released, its metadata written.
     pub fn settled(&self) -> bool {

@@ -184,6 +184,12 @@ pub fn read_rows(
     Ok(rows)
 }
 
+/// The stored `uns[key]` of plate group `group`.
+pub fn read_uns(storage: &Arc<Storage>, group: &str, key: &str) -> Result<String, StoreError> {
+    let v: Vec<String> = read(storage, &format!("/{group}/uns/{key}"), &[])?;
+    Ok(v.into_iter().next().unwrap_or_default())
+}
+
 /// The commit point of plate group `group` under `root`: the rows its
 /// group metadata makes visible (0 for a plate never committed).
 pub fn commit_point(root: &Path, group: &str) -> Result<u64, StoreError> {
@@ -244,8 +250,7 @@ fn read_plate(
     let rows = read_rows(storage, group, open_from..n, dim)?;
     let mut uns = HashMap::new();
     for key in UNS_KEYS {
-        let v: Vec<String> = read(storage, &format!("/{group}/uns/{key}"), &[])?;
-        uns.insert(key.to_string(), v.into_iter().next().unwrap_or_default());
+        uns.insert(key.to_string(), read_uns(storage, group, key)?);
     }
     let mut table = PlateTable::new(group.to_string(), uns, chunk_rows);
     table.committed = n as usize;

@@ -430,6 +430,7 @@ fn a_settled_plate_forgets_its_index_and_still_refuses_a_site_twice() {
     };
     stage(&mut store, "P1", 0..6);
     stage(&mut store, "P2", 0..2);
+    store.set_uns("P1", "adabn_stats", "[1.5]");
     store.commit().unwrap();
     assert!(store.settle().is_empty(), "open plates are not settled");
     store.set_complete("P1");
@@ -449,7 +450,11 @@ fn a_settled_plate_forgets_its_index_and_still_refuses_a_site_twice() {
         store.stage(&row("P1", 3), &info()),
         Err(StoreError::Duplicate(_))
     ));
+    assert_eq!(store.plate("P1").unwrap().rows.capacity(), 0);
+    assert!(!store.plate("P1").unwrap().uns.contains_key("adabn_stats"));
     stage(&mut store, "P1", 6..7);
+    // Rewrites `uns`: the statistics left in the store are kept.
+    store.set_complete("P1");
     assert!(store.settle().is_empty(), "a late row is not committed yet");
     store.commit().unwrap();
     assert_eq!(store.settle(), ["P1"]);
@@ -457,6 +462,9 @@ fn a_settled_plate_forgets_its_index_and_still_refuses_a_site_twice() {
     drop(store);
 
     let mut store = Store::open(tmp.path(), DIM, 4).unwrap();
+    assert_eq!(store.plate("P1").unwrap().uns["adabn_stats"], "[1.5]");
+    store.release_committed();
+    assert!(!store.plate("P1").unwrap().uns.contains_key("adabn_stats"));
     assert!(
         store.plate("P1").unwrap().index.is_none(),
         "settled on open"
