@@ -158,10 +158,17 @@ grow = s["rss_end_mib"] - s["rss_half_mib"]
 per_site = grow * 2**20 / (s["sites"] / 2)
 print(f"\nFrom half to all of the stream resident memory changed by {grow:+.0f} MiB, "
       f"{per_site:+.0f} bytes per site.")
-print("\nWhat the daemon keeps per stored site: a 128-bit digest of its key in the store's index "
-      "(to refuse a site twice) and in the assemble stage's set of assembled sites, and one of each "
-      "file used (so rescans skip them); committed final rows leave memory, and a restart reads back "
-      "only the stored sites' keys and the rows that may still change.")
+print("\nWhat the daemon keeps per site while its plate is open: a 128-bit digest of each file "
+      "used (the ready stage: rescans list files again), and of the site's key (the assemble stage, "
+      "and the store's index, to refuse a site twice). The replay writes a completion marker after "
+      "each plate; once a plate is settled (stored complete, every row final) the stages drop its "
+      "digests, and committed final rows leave memory as they are committed.")
+if "remembered_peak" in s:
+    left = s["remembered_settled"]
+    print(f"\nDigests held (`bfx_remembered_entries`, all stages) peaked at {s['remembered_peak']:,.0f} "
+          f"(a plate is 3,456 sites of four files); once every plate was settled the stages held "
+          f"{left['ready']:.0f} (ready: completion markers, kept for good), {left['assemble']:.0f} "
+          f"(assemble) and {left['store']:.0f} (store).")
 rescan = next((r for r in runs if r["bench"] == "rescan"), None)
 if rescan:
     print("\n## Rescans\n")

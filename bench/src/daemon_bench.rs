@@ -33,6 +33,8 @@ use bfx_core::image::ReadOptions;
 use ndarray::{Array4, Axis, concatenate};
 
 const CHANNELS: [&str; 4] = ["w1", "w2", "w3", "w4"];
+/// The completion marker a replay writes after each plate.
+const MARKER: &str = "plate.done";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -349,14 +351,17 @@ fn daemon(
         .port();
     let config = work.join("daemon.toml");
     // Defaults but for the settle time (the synthetic files are written
-    // whole) and the batch and threads under test. Commits keep their
-    // default size: the rate between two polls that each follow a commit
-    // counts exactly the rows committed in between, however large commits are.
+    // whole), the batch and threads under test, and a completion marker
+    // (replays write one after each plate, as instruments do). Commits
+    // keep their default size: the rate between two polls that each follow
+    // a commit counts exactly the rows committed in between, however large
+    // commits are.
     std::fs::write(
         &config,
         format!(
             "[daemon]\nbundle = {:?}\nstore = \"out.zarr\"\n[daemon.naming]\npreset = \"imagexpress\"\n\
              [daemon.watch]\nroots = [\"incoming\"]\nsettle = \"200ms\"\n\
+             [daemon.plate]\ncompletion_marker = {MARKER:?}\n\
              [daemon.batch]\nmax_size = {batch}\n[daemon.inference]\nintra_op_threads = {threads}\n\
              [daemon.http]\nlisten = \"127.0.0.1:{port}\"\n",
             std::fs::canonicalize(bundle)?
@@ -407,16 +412,19 @@ fn daemon(
                     rate * CHANNELS.len() as f64,
                     |_, _| {},
                 )?;
+                std::fs::write(incoming.join(name).join(MARKER), b"")?;
             }
             Ok(())
         }))
     };
     // (seconds, sites committed, resident MiB)
     let mut trace: Vec<(f64, f64, f64)> = Vec::new();
+    let mut remembered_peak: f64 = 0.0;
     let limit = Instant::now() + Duration::from_secs(3600);
     loop {
         let metrics = get(port, "/metrics").map(|r| r.1).unwrap_or_default();
         let done = sample(&metrics, "bfx_sites_embedded_total", "");
+        remembered_peak = remembered_peak.max(sample(&metrics, "bfx_remembered_entries", ""));
         trace.push((
             start.elapsed().as_secs_f64(),
             done,
@@ -436,10 +444,29 @@ fn daemon(
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    let replayed = feeder.is_some();
     if let Some(f) = feeder {
         f.join().map_err(|_| anyhow::anyhow!("replay panicked"))??;
     }
-    let metrics = get(port, "/metrics").map(|r| r.1).unwrap_or_default();
+    let mut metrics = get(port, "/metrics").map(|r| r.1).unwrap_or_default();
+    // Every replayed plate got its marker: what the stages remember once
+    // all are settled (stored complete).
+    let settle_by = Instant::now() + Duration::from_secs(60);
+    while replayed
+        && (sample(&metrics, "bfx_open_plates", "") > 0.0
+            || sample(&metrics, "bfx_remembered_entries", "stage=\"store\"") > 0.0)
+        && Instant::now() < settle_by
+    {
+        std::thread::sleep(Duration::from_millis(100));
+        metrics = get(port, "/metrics").map(|r| r.1).unwrap_or_default();
+    }
+    let remembered = |stage: &str| {
+        sample(
+            &metrics,
+            "bfx_remembered_entries",
+            &format!("stage=\"{stage}\""),
+        )
+    };
     let peak = status_mib(pid, "VmHWM:");
     let at = |share: f64| {
         trace
@@ -466,6 +493,11 @@ fn daemon(
             "inference_s": sample(&metrics, "bfx_inference_seconds_sum", ""),
             "rss_idle_mib": idle_rss, "rss_quarter_mib": rss(0.25), "rss_half_mib": rss(0.5),
             "rss_three_quarters_mib": rss(0.75), "rss_end_mib": rss(1.0), "peak_rss_mib": peak,
+            "remembered_peak": remembered_peak,
+            "remembered_settled": {
+                "ready": remembered("ready"), "assemble": remembered("assemble"),
+                "store": remembered("store"),
+            },
         })
     );
     drop(child);
