@@ -149,3 +149,98 @@ fn a_settled_plate_is_forgotten_and_every_site_still_stored_once() {
     );
     assert_eq!(committed_rows(&store, "KP1"), u64::from(SITES) + 1);
 }
+
+fn read_rows(store: &Path) -> Vec<bfx_daemon::store::StoredRow> {
+    // The test bundle's embedding has 8 values.
+    bfx_daemon::store::Store::open(store, 8, 1024)
+        .and_then(|s| s.stored_rows("KP1"))
+        .expect("store")
+}
+
+fn close(a: &[f32], b: &[f32]) -> bool {
+    a.iter()
+        .zip(b)
+        .all(|(x, y)| (x - y).abs() <= 1e-4 * (1.0 + y.abs()))
+}
+
+/// An AdaBN plate's statistics leave memory once it is settled; a late
+/// site, in the same run or after a restart, is embedded with them read
+/// back from the store: a copy of a stored site gets that site's final
+/// embedding.
+#[test]
+fn a_late_site_of_a_settled_adabn_plate_gets_the_plates_statistics() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    bundle(tmp.path());
+    let source = acquisition_of(tmp.path(), &["KP1"], SITES);
+    let plate_dir = tmp.path().join("incoming/KP1");
+    std::fs::create_dir_all(&plate_dir).expect("watch root");
+    let port = free_port();
+    let config = config(tmp.path(), port);
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text.push_str(
+        "[daemon.correction]\nmode = \"adabn\"\nadabn_min_sites = 10\nadabn_sample_sites = 16\n",
+    );
+    std::fs::write(&config, text).expect("config");
+    let store = tmp.path().join("out.zarr");
+    let late = |s: u32| {
+        for channel in CHANNELS {
+            std::fs::copy(
+                source.join("KP1").join(site_file("KP1", 0, channel)),
+                plate_dir.join(site_file("KP1", s, channel)),
+            )
+            .expect("copy");
+        }
+    };
+
+    let mut daemon = start(&config);
+    copy_tree(&source.join("KP1"), &plate_dir);
+    metrics_once(port, "settled", |m| {
+        sum(m, "bfx_rows", "status=\"final\"") == f64::from(SITES)
+            && remembered(m, "store") == 0.0
+            && remembered(m, "ready") == 0.0
+    });
+    late(SITES);
+    metrics_once(port, "the late site stored", |m| {
+        sum(m, "bfx_rows", "status=\"final\"") == f64::from(SITES + 1)
+            && remembered(m, "store") == 0.0
+    });
+    daemon.kill();
+    let mut daemon = start(&config);
+    metrics_once(port, "restarted", |m| {
+        sum(m, "bfx_rescan_folders_total", "outcome=\"listed\"") >= 1.0
+    });
+    late(SITES + 1);
+    metrics_once(port, "the late site stored after a restart", |m| {
+        sum(m, "bfx_sites_embedded_total", "status=\"final\"") == 1.0
+    });
+    daemon.kill();
+
+    let rows = read_rows(&store);
+    assert_eq!(rows.len(), SITES as usize + 2);
+    let key = |s: u32| {
+        let name = site_file("KP1", s, "w1");
+        let well = &name["KP1_".len().."KP1_".len() + 3];
+        format!("KP1/{well}/{}", s / 96 + 1)
+    };
+    let row = |s: u32| {
+        rows.iter()
+            .find(|r| r.index == key(s))
+            .unwrap_or_else(|| panic!("{} not stored", key(s)))
+    };
+    let first = row(0);
+    assert_eq!(first.status.as_str(), "final");
+    for s in [SITES, SITES + 1] {
+        let r = row(s);
+        assert_eq!(
+            (r.status.as_str(), r.correction.as_str()),
+            ("final", "adabn")
+        );
+        assert!(
+            close(&r.embedding, &first.embedding),
+            "{}: {:?} vs {:?}",
+            r.index,
+            r.embedding,
+            first.embedding
+        );
+    }
+}

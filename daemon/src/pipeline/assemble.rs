@@ -99,6 +99,7 @@ pub async fn run(
                         plate.assembled = HashSet::new();
                     }
                     remembered(&plates);
+                    out.push(SiteMsg::Settled(name));
                 }
                 Some(FileEvent::Marker(path)) => {
                     let dir = path.parent().map(PathBuf::from).unwrap_or_default();

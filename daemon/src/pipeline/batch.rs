@@ -40,6 +40,8 @@ pub async fn run(
                     }
                     out.push(BatchMsg::Close(plate));
                 }
+                // Late sites of the plate still waiting go on as they are.
+                Some(SiteMsg::Settled(plate)) => out.push(BatchMsg::Settled(plate)),
                 None => {
                     // Shutdown drains: every waiting site is embedded and committed.
                     for (plate, (_, sites)) in waiting.drain() {

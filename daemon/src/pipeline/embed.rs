@@ -7,9 +7,11 @@
 //! sites (the ones with the smallest key digests, so the sample does not
 //! depend on arrival order), every earlier site is embedded again with
 //! them, and from then on every site of the plate is final at once. A
-//! plate that closes first is finalized with what it has.
+//! plate that closes first is finalized with what it has. Once a plate is
+//! settled its statistics leave memory; a late site reads them back from
+//! the store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -24,7 +26,7 @@ use super::SinkMsg;
 use super::prepare::{InputMsg, SiteInfo};
 use crate::engine::{Engine, EngineError, PlateStats};
 use crate::model_input::{SiteBatch, to_array};
-use crate::store::{PlateInfo, Row, RowStatus};
+use crate::store::{PlateInfo, Reader, Row, RowStatus};
 use crate::telemetry;
 
 /// What the stage needs to know.
@@ -98,6 +100,10 @@ pub struct EmbedStage {
     pub current: String,
     /// AdaBN plates (restored from the store at start-up).
     pub plates: HashMap<String, AdabnPlate>,
+    /// AdaBN plates settled, whose statistics are in the store only.
+    pub settled: HashSet<String>,
+    /// The store, for those statistics.
+    pub store: Reader,
 }
 
 impl EmbedStage {
@@ -127,6 +133,10 @@ impl EmbedStage {
                     let mut out = self.with_plate_engine(&plate, |s| s.finalize(&plate));
                     out.push(SinkMsg::Close(plate));
                     out
+                }
+                InputMsg::Settled(plate) => {
+                    self.forget(plate);
+                    Vec::new()
                 }
             };
             for m in out {
@@ -232,6 +242,9 @@ impl EmbedStage {
         sites: &[SiteInfo],
         inputs: SiteBatch,
     ) -> Result<(Array2<f32>, RowStatus, Vec<SinkMsg>), EngineError> {
+        if self.settled.contains(plate) && !self.plates.contains_key(plate) {
+            self.restore(plate)?;
+        }
         let state = self.plates.entry(plate.to_string()).or_default();
         if let Some(stats) = &state.stats {
             return Ok((
@@ -264,6 +277,46 @@ impl EmbedStage {
             RowStatus::Provisional,
             Vec::new(),
         ))
+    }
+
+    /// A settled plate's statistics leave memory (tens of kilobytes a
+    /// plate, for every plate a daemon running for weeks embeds).
+    fn forget(&mut self, plate: String) {
+        if self.config.mode != CorrectionMode::Adabn {
+            return;
+        }
+        if self
+            .plates
+            .get(&plate)
+            .is_some_and(|s| s.stats.is_some() && s.early.is_empty())
+        {
+            self.plates.remove(&plate);
+        }
+        self.settled.insert(plate);
+    }
+
+    /// A settled plate's final statistics, read back from the store for a
+    /// late site.
+    fn restore(&mut self, plate: &str) -> Result<(), EngineError> {
+        let layers = &self.engine.bundle().manifest.adabn_layers;
+        let stats = self
+            .store
+            .uns(plate, "adabn_stats")
+            .map_err(|e| EngineError::Run(e.to_string()))?;
+        let stats = PlateStats::from_uns(&stats, layers).ok_or_else(|| {
+            EngineError::Run(format!(
+                "plate {plate}: the store's uns.adabn_stats do not fit the bundle's BatchNorm layers"
+            ))
+        })?;
+        self.settled.remove(plate);
+        self.plates.insert(
+            plate.to_string(),
+            AdabnPlate {
+                stats: Some(stats),
+                early: Vec::new(),
+            },
+        );
+        Ok(())
     }
 
     /// The plate's statistics from its sample of early sites.

@@ -85,6 +85,8 @@ pub enum SiteMsg {
     Site(CompleteSite),
     /// A plate closed.
     Close(String),
+    /// A plate is settled (after the ready stage's [`FileEvent::Settled`]).
+    Settled(String),
 }
 
 /// Batch stage output.
@@ -93,6 +95,8 @@ pub enum BatchMsg {
     Batch(String, Vec<CompleteSite>),
     /// A plate closed (after its last batch).
     Close(String),
+    /// A plate is settled.
+    Settled(String),
 }
 
 /// Embed stage output.
@@ -140,8 +144,8 @@ pub struct RunSummary {
     pub journal: PathBuf,
 }
 
-/// The AdaBN state of every stored plate: final statistics, or the model
-/// inputs of its provisional sites read again from their files.
+/// The AdaBN state of every stored plate not settled: final statistics,
+/// or the model inputs of its provisional sites read again from their files.
 fn restore_adabn(
     store: &Store,
     bundle: &Bundle,
@@ -150,6 +154,10 @@ fn restore_adabn(
 ) -> HashMap<String, embed::AdabnPlate> {
     let mut out = HashMap::new();
     for table in store.plates().values() {
+        if table.index.is_none() {
+            // Settled: the embed stage reads its statistics back if a late site comes.
+            continue;
+        }
         let plate = table.uns.get("plate").cloned().unwrap_or_default();
         let mut state = embed::AdabnPlate::default();
         let stats = table.uns.get("adabn_stats");
@@ -342,7 +350,7 @@ pub async fn run_reloading(
         read,
         quarantine: config.quarantine.clone(),
         marker,
-        handled: handled::Handled::new(committed, settled, Reader::new(store.root())?),
+        handled: handled::Handled::new(committed, settled.clone(), Reader::new(store.root())?),
         pinned_elsewhere,
     };
     let (settled_tx, settled_rx) = mpsc::unbounded_channel();
@@ -414,6 +422,12 @@ pub async fn run_reloading(
         },
         engine,
         plates: adabn,
+        settled: if mode == CorrectionMode::Adabn {
+            settled
+        } else {
+            HashSet::new()
+        },
+        store: Reader::new(store.root())?,
     };
     // Not joined: the thread ends when its input closes, before the sink's does.
     stage

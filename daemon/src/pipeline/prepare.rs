@@ -35,6 +35,8 @@ pub enum InputMsg {
     Batch(String, Vec<SiteInfo>, SiteBatch),
     /// A plate closed (after its last batch).
     Close(String),
+    /// A plate is settled: the embed stage drops its AdaBN statistics.
+    Settled(String),
 }
 
 /// The model inputs of `sites`; a site that fails is recorded and left out.
@@ -98,6 +100,7 @@ pub async fn run(
                 }
             }
             BatchMsg::Close(plate) => InputMsg::Close(plate),
+            BatchMsg::Settled(plate) => InputMsg::Settled(plate),
         };
         if tx.send(out).await.is_err() {
             return;

@@ -33,6 +33,11 @@ impl Reader {
         })
     }
 
+    /// `uns[key]` of `plate` as last committed.
+    pub fn uns(&self, plate: &str, key: &str) -> Result<String, StoreError> {
+        recover::read_uns(&self.storage, &group_name(plate), key)
+    }
+
     /// The committed sites of `plate`, by [`digest::of_site_text`] (none
     /// for a plate not in the store).
     pub fn sites(&self, plate: &str) -> Result<HashSet<u128>, StoreError> {
