@@ -40,13 +40,27 @@ struct Folder {
     kept: HashSet<u128>,
     /// The plates of the images in it.
     plates: HashSet<String>,
+    /// How many of them are not settled.
+    open: usize,
+    /// Plates with files in `done` recorded since the folder was last
+    /// forgotten: only their sites can have been stored since.
+    recent: HashSet<String>,
 }
 
 impl Folder {
+    fn add_plate(&mut self, plate: &str, settled: &HashSet<String>) {
+        if !self.plates.contains(plate) {
+            self.plates.insert(plate.to_owned());
+            if !settled.contains(plate) {
+                self.open += 1;
+            }
+        }
+    }
+
     /// Whether every plate of the folder is settled: then its images of
     /// stored sites and its thumbnails are recognised by name, not held.
-    fn forgotten(&self, settled: &HashSet<String>) -> bool {
-        !self.plates.is_empty() && self.plates.is_subset(settled)
+    fn forgotten(&self) -> bool {
+        !self.plates.is_empty() && self.open == 0
     }
 }
 
@@ -100,15 +114,13 @@ impl Handled {
         match naming.parse(path) {
             Ok(key) if self.settled.contains(&key.site.plate) && self.stored(&key.site) => {
                 let folder = self.folders.entry(parent(path).to_owned()).or_default();
-                if !folder.plates.contains(&key.site.plate) {
-                    folder.plates.insert(key.site.plate);
-                }
+                folder.add_plate(&key.site.plate, &self.settled);
                 true
             }
             Err(NamingError::NotAcquired { .. }) => self
                 .folders
                 .get(parent(path))
-                .is_some_and(|f| f.forgotten(&self.settled)),
+                .is_some_and(Folder::forgotten),
             _ => false,
         }
     }
@@ -148,19 +160,20 @@ impl Handled {
     pub fn finish(&mut self, path: &Path, outcome: Outcome) {
         let folder = self.folders.entry(parent(path).to_owned()).or_default();
         let id = digest::of_path(path);
-        if let Outcome::Used(site) | Outcome::Stored(site) = &outcome
-            && !folder.plates.contains(&site.plate)
-        {
-            folder.plates.insert(site.plate.clone());
+        if let Outcome::Used(site) | Outcome::Stored(site) = &outcome {
+            folder.add_plate(&site.plate, &self.settled);
         }
         match outcome {
             Outcome::Kept => {
                 folder.kept.insert(id);
             }
             // Recognised by name and the store when seen again.
-            Outcome::Stored(_) | Outcome::Skipped if folder.forgotten(&self.settled) => {}
+            Outcome::Stored(_) | Outcome::Skipped if folder.forgotten() => {}
             Outcome::Used(site) | Outcome::Stored(site) => {
                 folder.done.insert(id, digest::of_site(&site));
+                if !folder.recent.contains(&site.plate) {
+                    folder.recent.insert(site.plate);
+                }
             }
             Outcome::Skipped => {
                 folder.done.insert(id, NO_SITE);
@@ -173,13 +186,20 @@ impl Handled {
     pub fn settle(&mut self, plate: String) {
         self.committed.remove(&plate);
         self.cache.retain(|(p, _)| *p != plate);
-        self.settled.insert(plate.clone());
+        let newly = self.settled.insert(plate.clone());
+        // Each plate's stored sites, read once for all its folders.
         let mut stored: HashMap<String, HashSet<u128>> = HashMap::new();
         'folders: for folder in self.folders.values_mut() {
-            if !folder.plates.contains(&plate) || !folder.forgotten(&self.settled) {
+            if !folder.plates.contains(&plate) {
                 continue;
             }
-            for p in &folder.plates {
+            if newly {
+                folder.open -= 1;
+            }
+            if !folder.forgotten() {
+                continue;
+            }
+            for p in &folder.recent {
                 if !stored.contains_key(p) {
                     match self.reader.sites(p) {
                         Ok(sites) => {
@@ -193,9 +213,12 @@ impl Handled {
                     }
                 }
             }
-            // A site's digest covers its plate: one set holding it is its own.
+            // A site's digest covers its plate: one set holding it is its
+            // own. Files left from before (sites the store lacked) are of
+            // plates not stored since, or they would be recent.
+            let recent = std::mem::take(&mut folder.recent);
             folder.done.retain(|_, site| {
-                *site != NO_SITE && !folder.plates.iter().any(|p| stored[p].contains(site))
+                *site != NO_SITE && !recent.iter().any(|p| stored[p].contains(site))
             });
             folder.done.shrink_to_fit();
         }
