@@ -3,7 +3,7 @@
 //! lists them again, a late site, a copy of stored sites and a restart
 //! each still store every site exactly once.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 mod common;
@@ -12,7 +12,19 @@ use common::{
     start, sum, write_tiff,
 };
 
-fn config(dir: &Path, port: u16) -> std::path::PathBuf {
+/// The test bundle and plate KP1's files in a temporary folder, and the
+/// plate's empty watched folder.
+fn plate_and_bundle() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    bundle(tmp.path());
+    let source = acquisition_of(tmp.path(), &["KP1"], SITES);
+    let plate_dir = tmp.path().join("incoming/KP1");
+    std::fs::create_dir_all(&plate_dir).expect("watch root");
+    (tmp, source, plate_dir)
+}
+
+/// The daemon's configuration in `dir`, ending with `extra`.
+fn config(dir: &Path, port: u16, extra: &str) -> PathBuf {
     let config = dir.join("daemon.toml");
     std::fs::write(
         &config,
@@ -21,7 +33,7 @@ fn config(dir: &Path, port: u16) -> std::path::PathBuf {
              [daemon.watch]\nroots = [\"incoming\"]\npoll_interval = \"200ms\"\nsettle = \"100ms\"\n\
              [daemon.plate]\nexpected_sites = {SITES}\n[daemon.assemble]\nsite_timeout = \"1s\"\n\
              [daemon.batch]\nmax_size = 8\nmax_delay = \"200ms\"\n[daemon.commit]\nmax_rows = 8\nmax_interval = \"300ms\"\n\
-             [daemon.http]\nlisten = \"127.0.0.1:{port}\"\n"
+             [daemon.http]\nlisten = \"127.0.0.1:{port}\"\n{extra}"
         ),
     )
     .expect("config");
@@ -62,13 +74,9 @@ fn copy_tree(from: &Path, to: &Path) {
 
 #[test]
 fn a_settled_plate_is_forgotten_and_every_site_still_stored_once() {
-    let tmp = tempfile::tempdir().expect("temp dir");
-    bundle(tmp.path());
-    let source = acquisition_of(tmp.path(), &["KP1"], SITES);
-    let plate_dir = tmp.path().join("incoming/KP1");
-    std::fs::create_dir_all(&plate_dir).expect("watch root");
+    let (tmp, source, plate_dir) = plate_and_bundle();
     let port = free_port();
-    let config = config(tmp.path(), port);
+    let config = config(tmp.path(), port, "");
     let store = tmp.path().join("out.zarr");
     let journal = tmp.path().join("out.zarr.events.jsonl");
     let mut daemon = start(&config);
@@ -169,18 +177,11 @@ fn close(a: &[f32], b: &[f32]) -> bool {
 /// embedding.
 #[test]
 fn a_late_site_of_a_settled_adabn_plate_gets_the_plates_statistics() {
-    let tmp = tempfile::tempdir().expect("temp dir");
-    bundle(tmp.path());
-    let source = acquisition_of(tmp.path(), &["KP1"], SITES);
-    let plate_dir = tmp.path().join("incoming/KP1");
-    std::fs::create_dir_all(&plate_dir).expect("watch root");
+    let (tmp, source, plate_dir) = plate_and_bundle();
     let port = free_port();
-    let config = config(tmp.path(), port);
-    let mut text = std::fs::read_to_string(&config).expect("config");
-    text.push_str(
-        "[daemon.correction]\nmode = \"adabn\"\nadabn_min_sites = 10\nadabn_sample_sites = 16\n",
-    );
-    std::fs::write(&config, text).expect("config");
+    let adabn =
+        "[daemon.correction]\nmode = \"adabn\"\nadabn_min_sites = 10\nadabn_sample_sites = 16\n";
+    let config = config(tmp.path(), port, adabn);
     let store = tmp.path().join("out.zarr");
     let late = |s: u32| {
         for channel in CHANNELS {
