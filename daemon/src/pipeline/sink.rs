@@ -182,9 +182,10 @@ impl Sink {
 
 /// Hand the heap's free pages back to the kernel. glibc keeps what a
 /// thread frees in that thread's arena, and the arenas of the runtime's
-/// threads grew with every plate although the heap in use stayed flat;
-/// once a plate settles its memory is free, and trimming then costs a few
-/// milliseconds per plate.
+/// threads grew with every plate although the heap in use stayed flat.
+/// Once per settled plate (the store's part of the plate is free by then,
+/// what the other stages drop a moment later goes with the next plate);
+/// the stream benchmark shows no cost in throughput.
 #[allow(unsafe_code)]
 fn trim_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
