@@ -6,6 +6,10 @@
 //! and a Python reader calling `anndata.read_zarr` in a loop through all
 //! of it never fails.
 //!
+//! The replay goes plate by plate and a plate closes at its 1,000th site,
+//! so the first plate is settled (forgotten by the stages, recognised
+//! from the store) while the kills go on through the second.
+//!
 //! The bundle is written by bfx-export from seeded weights and the images
 //! by the tiff encoder, so the daemon's tests need no trainer (no Candle).
 
@@ -60,7 +64,8 @@ import sys, json, anndata
 out = {}
 for g in sys.argv[1:]:
     a = anndata.read_zarr(g)
-    out[g] = {"index": list(a.obs_names), "paths": list(a.obs["paths"]), "X": a.X.tolist()}
+    out[g] = {"index": list(a.obs_names), "paths": list(a.obs["paths"]), "X": a.X.tolist(),
+              "status": str(a.uns["plate_status"])}
 print(json.dumps(out))
 "#;
 
@@ -80,6 +85,7 @@ fn kill_9_and_restart_lose_and_duplicate_nothing() {
         &config,
         "[daemon]\nbundle = \"bundle\"\nstore = \"out.zarr\"\n[daemon.naming]\npreset = \"imagexpress\"\n\
          [daemon.watch]\nroots = [\"incoming\"]\npoll_interval = \"200ms\"\nsettle = \"100ms\"\n\
+         [daemon.plate]\nexpected_sites = 1000\n\
          [daemon.batch]\nmax_size = 8\nmax_delay = \"200ms\"\n[daemon.commit]\nmax_rows = 8\nmax_interval = \"300ms\"\n",
     )
     .expect("config");
@@ -168,6 +174,8 @@ fn kill_9_and_restart_lose_and_duplicate_nothing() {
             .iter()
             .filter_map(|v| v.as_str())
             .collect();
+        // Closed at its 1,000th site, so settled (and forgotten) as it was stored.
+        assert_eq!(plate["status"], "complete", "{}", g.display());
         let mut unique = index.clone();
         unique.sort();
         unique.dedup();
