@@ -20,6 +20,7 @@ mod reload;
 mod rescan;
 mod service;
 mod sink;
+mod waiting;
 mod watch;
 
 use std::collections::{HashMap, HashSet};

@@ -8,7 +8,7 @@
 //! assemble stage, so both forget the plate.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -19,6 +19,7 @@ use bfx_core::naming::{ImageKey, NamingError, NamingScheme};
 use tokio::sync::mpsc;
 
 use super::handled::{Handled, Outcome};
+use super::waiting::Waiting;
 use super::{FileEvent, ReadyFile};
 use crate::journal::{Event, Journal};
 use crate::telemetry;
@@ -44,16 +45,6 @@ pub struct ReadyConfig {
     /// Open plates of the store started with another bundle, with that
     /// bundle's sha256: a plate keeps the model it started with.
     pub pinned_elsewhere: HashMap<String, String>,
-}
-
-struct Candidate {
-    len: u64,
-    modified: SystemTime,
-    stable_since: Instant,
-    first_seen: Instant,
-    attempts: u32,
-    /// When it is next looked at.
-    due: Instant,
 }
 
 fn skipped(reason: &'static str) {
@@ -135,68 +126,6 @@ struct Stable {
     len: u64,
 }
 
-/// The stage's state: files waiting to be ready, by the moment each is
-/// next looked at, so a file is `stat`ed when its settle interval ends
-/// rather than on every tick.
-struct Waiting {
-    candidates: HashMap<PathBuf, Candidate>,
-    due: BinaryHeap<Reverse<(Instant, PathBuf)>>,
-}
-
-impl Waiting {
-    fn add(&mut self, config: &mut ReadyConfig, path: PathBuf) {
-        if self.candidates.contains_key(&path) || config.handled.handled(&path, &config.naming) {
-            return;
-        }
-        let now = Instant::now();
-        self.candidates.insert(
-            path.clone(),
-            Candidate {
-                len: u64::MAX,
-                modified: SystemTime::UNIX_EPOCH,
-                stable_since: now,
-                first_seen: now,
-                attempts: 0,
-                due: now,
-            },
-        );
-        self.due.push(Reverse((now, path)));
-    }
-
-    fn schedule(&mut self, path: &Path, at: Instant) {
-        if let Some(c) = self.candidates.get_mut(path) {
-            c.due = at;
-            self.due.push(Reverse((at, path.to_owned())));
-        }
-    }
-
-    fn finish(&mut self, config: &mut ReadyConfig, path: &Path, outcome: Outcome) {
-        self.candidates.remove(path);
-        config.handled.finish(path, outcome);
-    }
-
-    /// Candidates due by `now`, oldest first (so "the first file of a
-    /// channel" means the first to arrive).
-    fn take_due(&mut self, now: Instant) -> Vec<PathBuf> {
-        let mut due = Vec::new();
-        while let Some(Reverse((at, _))) = self.due.peek()
-            && *at <= now
-        {
-            // Just peeked, so there is an entry to pop.
-            let Reverse((at, path)) = self.due.pop().expect("peeked entry");
-            // Entries rescheduled since are stale.
-            if let Some(c) = self.candidates.get(&path)
-                && c.due == at
-            {
-                due.push((c.first_seen, path));
-            }
-        }
-        due.sort();
-        due.dedup();
-        due.into_iter().map(|(_, p)| p).collect()
-    }
-}
-
 /// Run until `rx` closes. `settled` names each plate the sink has
 /// stored complete.
 pub async fn run(
@@ -206,10 +135,7 @@ pub async fn run(
     mut settled: mpsc::UnboundedReceiver<String>,
     tx: mpsc::Sender<FileEvent>,
 ) {
-    let mut waiting = Waiting {
-        candidates: HashMap::new(),
-        due: BinaryHeap::new(),
-    };
+    let mut waiting = Waiting::default();
     loop {
         let next = waiting.due.peek().map(|Reverse((at, _))| *at);
         tokio::select! {
