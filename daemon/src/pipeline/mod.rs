@@ -343,6 +343,8 @@ pub async fn run_reloading(
     ));
     let sink_shutdown = shutdown.clone();
     tokio::spawn(watch::run(config.watch.clone(), paths_tx, shutdown));
+    // The ready and embed stages read settled plates back from the store.
+    let reader = Reader::new(store.root())?;
     let ready = ready::ReadyConfig {
         settle: config.watch.settle,
         read_deadline: config.watch.read_deadline,
@@ -351,7 +353,7 @@ pub async fn run_reloading(
         read,
         quarantine: config.quarantine.clone(),
         marker,
-        handled: handled::Handled::new(committed, settled.clone(), Reader::new(store.root())?),
+        handled: handled::Handled::new(committed, settled.clone(), reader.clone()),
         pinned_elsewhere,
     };
     let (settled_tx, settled_rx) = mpsc::unbounded_channel();
@@ -428,7 +430,7 @@ pub async fn run_reloading(
         } else {
             HashSet::new()
         },
-        store: Reader::new(store.root())?,
+        store: reader,
     };
     // Not joined: the thread ends when its input closes, before the sink's does.
     stage

@@ -4,8 +4,8 @@
 //! quarantined (recorded, or moved with a note; never deleted). Files of
 //! sites already in the store are skipped without decoding. What the
 //! stage remembers of handled files is in [`super::handled`]; the sink
-//! tells it when a plate is settled, and it passes that on to the
-//! assemble stage, so both forget the plate.
+//! tells it when a plate is settled, and it passes that on down the
+//! pipeline, so every stage forgets the plate.
 
 use std::cmp::Reverse;
 use std::collections::HashMap;

@@ -6,15 +6,13 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bfx_core::naming::SiteKey;
-use zarrs::filesystem::FilesystemStore;
-use zarrs::storage::storage_adapter::atomic_write::AtomicWriteStorageAdapter;
-
-use super::{Storage, Store, StoreError, group_name, recover};
+use super::{Storage, Store, StoreError, group_name, recover, storage};
 use crate::digest;
+use bfx_core::naming::SiteKey;
 
 /// Read access to the committed sites of a store another stage writes:
-/// readers see each plate as of its last commit.
+/// readers see each plate as of its last commit. Clones share the storage.
+#[derive(Clone)]
 pub struct Reader {
     root: PathBuf,
     storage: Arc<Storage>,
@@ -23,13 +21,9 @@ pub struct Reader {
 impl Reader {
     /// A reader of the store at `root`.
     pub fn new(root: &Path) -> Result<Reader, StoreError> {
-        let fs = FilesystemStore::new(root).map_err(|e| StoreError::Incompatible {
-            path: root.to_owned(),
-            problem: e.to_string(),
-        })?;
         Ok(Reader {
             root: root.to_owned(),
-            storage: Arc::new(AtomicWriteStorageAdapter::new(Arc::new(fs))),
+            storage: storage(root)?,
         })
     }
 
@@ -43,8 +37,8 @@ impl Reader {
     pub fn sites(&self, plate: &str) -> Result<HashSet<u128>, StoreError> {
         let g = group_name(plate);
         let n = recover::commit_point(&self.root, &g)?;
-        Ok(recover::read_index(&self.storage, &g, n)?
-            .into_keys()
+        Ok(recover::read_site_ids(&self.storage, &g, n)?
+            .into_iter()
             .collect())
     }
 }

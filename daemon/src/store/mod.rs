@@ -107,6 +107,16 @@ pub struct Store {
     plates: BTreeMap<String, PlateTable>,
 }
 
+/// The zarrs storage of the store at `root`: files written through a
+/// temporary name and a rename.
+fn storage(root: &Path) -> Result<Arc<Storage>, StoreError> {
+    let fs = FilesystemStore::new(root).map_err(|e| StoreError::Incompatible {
+        path: root.to_owned(),
+        problem: e.to_string(),
+    })?;
+    Ok(Arc::new(AtomicWriteStorageAdapter::new(Arc::new(fs))))
+}
+
 /// A file name for a plate group: the plate name where it is safe as
 /// one, else its safe characters plus a digest of the original (no
 /// separators, no `..`, no hidden names, no collisions).
@@ -141,13 +151,9 @@ impl Store {
             attrs.insert("bfx_store_version".into(), Value::from(1));
             files::write_json(&root_meta, &layout::group_metadata(attrs, None), true)?;
         }
-        let fs = FilesystemStore::new(root).map_err(|e| StoreError::Incompatible {
-            path: root.to_owned(),
-            problem: e.to_string(),
-        })?;
         let mut store = Store {
             root: root.to_owned(),
-            storage: Arc::new(AtomicWriteStorageAdapter::new(Arc::new(fs))),
+            storage: storage(root)?,
             dim,
             chunk_rows: chunk_rows.max(1) as u64,
             plates: BTreeMap::new(),
@@ -217,7 +223,7 @@ impl Store {
                 ("plate".to_string(), plate.clone()),
                 ("plate_status".to_string(), "open".to_string()),
             ]);
-            PlateTable::new(group_name(&plate), uns, self.chunk_rows)
+            PlateTable::new(g.clone(), uns, self.chunk_rows)
         });
         let i = table.len();
         let stored = StoredRow::new(row);

@@ -200,6 +200,15 @@ pub fn commit_point(root: &Path, group: &str) -> Result<u64, StoreError> {
         .unwrap_or(0))
 }
 
+/// [`crate::digest::of_site_text`] of the `_index` of each of the first
+/// `n` rows of `group`, in row order.
+pub fn read_site_ids(storage: &Arc<Storage>, group: &str, n: u64) -> Result<Vec<u128>, StoreError> {
+    Ok(column(storage, group, "_index", n)?
+        .iter()
+        .map(|text| crate::digest::of_site_text(text))
+        .collect())
+}
+
 /// Row position of each of the first `n` rows of `group`, by
 /// [`crate::digest::of_site_text`] of its `_index`.
 pub fn read_index(
@@ -207,10 +216,10 @@ pub fn read_index(
     group: &str,
     n: u64,
 ) -> Result<HashMap<u128, usize>, StoreError> {
-    Ok(column(storage, group, "_index", n)?
-        .iter()
+    Ok(read_site_ids(storage, group, n)?
+        .into_iter()
         .enumerate()
-        .map(|(i, text)| (crate::digest::of_site_text(text), i))
+        .map(|(i, id)| (id, i))
         .collect())
 }
 
