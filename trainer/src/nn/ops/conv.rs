@@ -12,12 +12,15 @@
 //! with the same kernel, so it uses the same three kernels with the
 //! roles swapped.
 
+use std::ops::Range;
+
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 use super::gemm::{Strides, gemm};
 use super::im2col::{ConvConfig, Geometry, col2im_add, gather_rows, im2col_into, scatter_rows};
+use super::same;
 use super::scratch::Scratch;
 use super::{contiguous, cpu_slice, from_vec, threads};
 
@@ -34,7 +37,7 @@ fn images_per_chunk<T>(g: &Geometry) -> usize {
 }
 
 /// The batch `0..n` in consecutive runs of `b` images.
-fn chunks(n: usize, b: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+fn chunks(n: usize, b: usize) -> impl Iterator<Item = Range<usize>> {
     (0..n).step_by(b.max(1)).map(move |s| s..(s + b).min(n))
 }
 
@@ -43,44 +46,74 @@ pub fn forward<T: Scratch>(x: &[T], w: &[T], g: &Geometry) -> Vec<T> {
     forward_in_chunks(x, w, g, images_per_chunk::<T>(g))
 }
 
-/// Run `f` on this thread's scratch memory split into a patch matrix
-/// (`groups * k * b * p`) and an output-shaped buffer (`o * b * p`) for
-/// chunks of `b` images.
+/// A chunk's temporaries: its patch matrix (`groups * k * b * p`), an
+/// output-shaped buffer (`o * b * p`) and, for [`same`] convolutions,
+/// an input-shaped one (`c * b * p`).
+struct ChunkScratch<'a, T> {
+    cols: &'a mut [T],
+    out: &'a mut [T],
+    stage: &'a mut [T],
+}
+
+/// Run `f` on this thread's scratch memory split into the temporaries
+/// of chunks of `b` images.
 fn with_chunk_scratch<T: Scratch, R>(
     g: &Geometry,
     b: usize,
-    f: impl FnOnce(&mut [T], &mut [T]) -> R,
+    f: impl FnOnce(ChunkScratch<'_, T>) -> R,
 ) -> R {
     let cols_len = g.cfg.groups * g.k() * b * g.p();
-    T::with_scratch(cols_len + g.o * b * g.p(), |scratch| {
-        let (cols, out) = scratch.split_at_mut(cols_len);
-        f(cols, out)
+    let out_len = g.o * b * g.p();
+    let stage_len = if same::applies(g) { g.c * b * g.p() } else { 0 };
+    T::with_scratch(cols_len + out_len + stage_len, |scratch| {
+        let (cols, rest) = scratch.split_at_mut(cols_len);
+        let (out, stage) = rest.split_at_mut(out_len);
+        f(ChunkScratch { cols, out, stage })
     })
+}
+
+/// The patch matrix of the images `imgs` of `x`, through `stage` where
+/// the faster [`same`] path applies.
+fn patches<T: WithDType>(
+    x: &[T],
+    g: &Geometry,
+    imgs: Range<usize>,
+    stage: &mut [T],
+    cols: &mut [T],
+) {
+    if same::applies(g) {
+        same::im2col(x, g, imgs, stage, cols);
+    } else {
+        im2col_into(x, g, imgs, cols);
+    }
 }
 
 fn forward_in_chunks<T: Scratch>(x: &[T], w: &[T], g: &Geometry, b: usize) -> Vec<T> {
     let mut y = vec![T::from_f64(0.0); g.n * g.o * g.p()];
-    with_chunk_scratch(g, b, |cols, yt| {
-        forward_chunks_into(x, w, g, b, cols, yt, &mut y)
+    with_chunk_scratch(g, b, |scratch| {
+        forward_chunks_into(x, w, g, b, scratch, &mut y)
     });
     y
 }
 
-/// [`forward_in_chunks`] with its patch matrix and transposed output in
-/// `cols` and `yt` (`groups * k * b * p` and `o * b * p` elements).
+/// [`forward_in_chunks`] with its temporaries in `scratch`.
 fn forward_chunks_into<T: WithDType>(
     x: &[T],
     w: &[T],
     g: &Geometry,
     b: usize,
-    cols: &mut [T],
-    yt: &mut [T],
+    scratch: ChunkScratch<'_, T>,
     y: &mut [T],
 ) {
     let (p, k, og, groups) = (g.p(), g.k(), g.o / g.cfg.groups, g.cfg.groups);
+    let ChunkScratch {
+        cols,
+        out: yt,
+        stage,
+    } = scratch;
     for imgs in chunks(g.n, b) {
         let bp = imgs.len() * p;
-        im2col_into(x, g, imgs.clone(), &mut cols[..groups * k * bp]);
+        patches(x, g, imgs.clone(), stage, &mut cols[..groups * k * bp]);
         for grp in 0..groups {
             gemm(
                 (og, bp, k),
@@ -127,24 +160,26 @@ fn backward_in_chunks<T: Scratch>(
     g: &Geometry,
     b: usize,
 ) -> (Vec<T>, Vec<T>) {
-    with_chunk_scratch(g, b, |cols, dyt| {
-        backward_chunks_with(x, w, dy, g, b, cols, dyt)
+    with_chunk_scratch(g, b, |scratch| {
+        backward_chunks_with(x, w, dy, g, b, scratch)
     })
 }
 
-/// [`backward_in_chunks`] with its patch matrix and transposed output
-/// gradient in `cols` and `dyt` (`groups * k * b * p` and `o * b * p`
-/// elements).
+/// [`backward_in_chunks`] with its temporaries in `scratch`.
 fn backward_chunks_with<T: WithDType>(
     x: Option<&[T]>,
     w: Option<&[T]>,
     dy: &[T],
     g: &Geometry,
     b: usize,
-    cols: &mut [T],
-    dyt: &mut [T],
+    scratch: ChunkScratch<'_, T>,
 ) -> (Vec<T>, Vec<T>) {
     let (p, k, og, groups) = (g.p(), g.k(), g.o / g.cfg.groups, g.cfg.groups);
+    let ChunkScratch {
+        cols,
+        out: dyt,
+        stage,
+    } = scratch;
     let (chw, zero) = (g.c * g.h * g.w, T::from_f64(0.0));
     let parts = weight_grad_parts::<T>(g);
     let mut dw_parts = if x.is_some() {
@@ -164,7 +199,7 @@ fn backward_chunks_with<T: WithDType>(
         let cols = &mut cols[..groups * k * bp];
         if let Some(x) = x {
             // dW = dY X^T, summed over the chunks.
-            im2col_into(x, g, imgs.clone(), cols);
+            patches(x, g, imgs.clone(), stage, cols);
             weight_grad_chunk(&mut dw_parts, chunk > 0, dyt, cols, g, bp);
         }
         if let Some(w) = w {
@@ -182,7 +217,12 @@ fn backward_chunks_with<T: WithDType>(
                     threads(),
                 );
             }
-            col2im_add(cols, g, &mut dx[imgs.start * chw..imgs.end * chw]);
+            let dx = &mut dx[imgs.start * chw..imgs.end * chw];
+            if same::applies(g) {
+                same::col2im(cols, g, stage, dx);
+            } else {
+                col2im_add(cols, g, dx);
+            }
         }
     }
     if x.is_some() {

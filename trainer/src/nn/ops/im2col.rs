@@ -182,7 +182,11 @@ impl Geometry {
     /// whose `q + shift` lies inside the plane, and `shift`. Entries of
     /// that part in columns outside the tap's valid ones wrapped around
     /// a row's edge and belong to the padding.
-    fn same_shift(&self, i: usize, j: usize) -> Option<(Range<usize>, Range<usize>, isize)> {
+    pub(super) fn same_shift(
+        &self,
+        i: usize,
+        j: usize,
+    ) -> Option<(Range<usize>, Range<usize>, isize)> {
         let (d, pad) = (self.cfg.dilation, self.cfg.padding);
         if self.cfg.stride != 1 || self.wo != self.w {
             return None;
@@ -203,7 +207,12 @@ impl Geometry {
 
     /// Output positions `ow` whose input column `ow * stride + offset -
     /// padding` lies inside `0..width`, as a range.
-    fn valid(&self, offset: usize, width: usize, outputs: usize) -> std::ops::Range<usize> {
+    pub(super) fn valid(
+        &self,
+        offset: usize,
+        width: usize,
+        outputs: usize,
+    ) -> std::ops::Range<usize> {
         let (s, pad) = (self.cfg.stride, self.cfg.padding);
         // First ow with ow*s + offset >= pad; last with ow*s + offset < pad + width.
         let lo = pad.saturating_sub(offset).div_ceil(s);

@@ -17,6 +17,7 @@ mod gemm;
 mod im2col;
 mod norm;
 mod pointwise;
+mod same;
 mod scratch;
 #[cfg(test)]
 mod tests;
