@@ -1,11 +1,18 @@
 //! ReLU and the 2x2 max pool as single passes each way, and integer
 //! nearest upsampling as a broadcast (its backward is a sum).
 
+use std::hint::select_unpredictable;
+
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 use super::{contiguous, cpu_slice, fast, from_vec};
+
+// The selects on the data (ReLU's sign, the pool's maximum) are
+// `select_unpredictable`: as `if`s they compiled to branches, which a
+// ReLU's signs mispredict half the time; the ReLU gradient of 2M
+// elements took 10 ms that way and 1 ms as a select.
 
 /// Elements per parallel chunk of elementwise loops.
 const CHUNK: usize = 1 << 14;
@@ -19,7 +26,7 @@ fn relu_fwd<T: WithDType>(x: &[T]) -> Vec<T> {
         .zip(x.par_chunks(CHUNK))
         .for_each(|(y, x)| {
             for (o, v) in y.iter_mut().zip(x) {
-                *o = if *v > zero { *v } else { zero };
+                *o = select_unpredictable(*v > zero, *v, zero);
             }
         });
     y
@@ -39,7 +46,7 @@ pub(super) fn relu_grad_into<T: WithDType>(y: &[T], dy: &[T], dx: &mut [T]) {
         .zip(y.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
         .for_each(|(dx, (y, dy))| {
             for ((o, v), g) in dx.iter_mut().zip(y).zip(dy) {
-                *o = if *v > zero { *g } else { zero };
+                *o = select_unpredictable(*v > zero, *g, zero);
             }
         });
 }
@@ -89,7 +96,7 @@ fn add_relu_fwd<T: WithDType>(a: &[T], b: &[T]) -> Vec<T> {
         .for_each(|(y, (a, b))| {
             for ((o, u), v) in y.iter_mut().zip(a).zip(b) {
                 let s = *u + *v;
-                *o = if s > zero { s } else { zero };
+                *o = select_unpredictable(s > zero, s, zero);
             }
         });
     y
@@ -167,9 +174,7 @@ fn argmax<T: WithDType>(plane: &[T], w: usize, i: usize, j: usize) -> usize {
     ];
     let mut best = candidates[0];
     for &k in &candidates[1..] {
-        if plane[k] > plane[best] {
-            best = k;
-        }
+        best = select_unpredictable(plane[k] > plane[best], k, best);
     }
     best
 }
