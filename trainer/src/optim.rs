@@ -152,16 +152,37 @@ mod fused {
     /// `m, v` (stacked) from the gradient.
     struct Moments;
 
-    fn moments<T: WithDType>(mv: &mut [T], g: &[T]) {
+    /// The element types the step runs on, in their own precision (as
+    /// PyTorch's AdamW does): through f64, the update's division and
+    /// square root per element took most of the optimizer's time.
+    pub trait Real: WithDType {
+        /// Square root.
+        fn sqrt(self) -> Self;
+    }
+
+    impl Real for f32 {
+        fn sqrt(self) -> f32 {
+            f32::sqrt(self)
+        }
+    }
+
+    impl Real for f64 {
+        fn sqrt(self) -> f64 {
+            f64::sqrt(self)
+        }
+    }
+
+    fn moments<T: Real>(mv: &mut [T], g: &[T]) {
         let (m, v) = mv.split_at_mut(g.len());
+        let (b1, b2) = (T::from_f64(BETA1), T::from_f64(BETA2));
+        let (a1, a2) = (T::from_f64(1.0 - BETA1), T::from_f64(1.0 - BETA2));
         m.par_chunks_mut(CHUNK)
             .zip(v.par_chunks_mut(CHUNK))
             .zip(g.par_chunks(CHUNK))
             .for_each(|((m, v), g)| {
-                for ((m, v), g) in m.iter_mut().zip(v.iter_mut()).zip(g) {
-                    let g = g.to_f64();
-                    *m = T::from_f64(BETA1 * m.to_f64() + (1.0 - BETA1) * g);
-                    *v = T::from_f64(BETA2 * v.to_f64() + (1.0 - BETA2) * g * g);
+                for ((m, v), &g) in m.iter_mut().zip(v.iter_mut()).zip(g) {
+                    *m = b1 * *m + a1 * g;
+                    *v = b2 * *v + a2 * g * g;
                 }
             });
     }
@@ -194,16 +215,19 @@ mod fused {
     /// The variable from its (updated) moments.
     struct Update(Hyper);
 
-    fn update<T: WithDType>(p: &mut [T], mv: &[T], h: Hyper) {
+    fn update<T: Real>(p: &mut [T], mv: &[T], h: Hyper) {
         let (m, v) = mv.split_at(p.len());
-        let decay = 1.0 - h.lr * h.weight_decay;
+        // PyTorch's form: p * decay - (lr / c1) * m / (sqrt(v) / sqrt(c2) + eps).
+        let decay = T::from_f64(1.0 - h.lr * h.weight_decay);
+        let step_size = T::from_f64(h.lr / h.c1);
+        let inv_sqrt_c2 = T::from_f64(1.0 / h.c2.sqrt());
+        let eps = T::from_f64(EPS);
         p.par_chunks_mut(CHUNK)
             .zip(m.par_chunks(CHUNK))
             .zip(v.par_chunks(CHUNK))
             .for_each(|((p, m), v)| {
-                for ((p, m), v) in p.iter_mut().zip(m).zip(v) {
-                    let step = (m.to_f64() / h.c1) / ((v.to_f64() / h.c2).sqrt() + EPS);
-                    *p = T::from_f64(p.to_f64() * decay - h.lr * step);
+                for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
+                    *p = *p * decay - step_size * m / (v.sqrt() * inv_sqrt_c2 + eps);
                 }
             });
     }
@@ -269,25 +293,17 @@ pub fn trainable(map: &candle_nn::VarMap, prefix: &str) -> Vec<(String, Var)> {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     use super::*;
 
-    #[test]
-    fn matches_pytorch_adamw_on_a_quadratic() {
-        // torch.optim.AdamW's update rule (decoupled decay first), replayed in f64 beside it.
-        let p = Var::new(&[1.0f64, -2.0], &Device::Cpu).unwrap();
-        let mut opt = AdamW::new(vec![("p".into(), p.clone())], 0.1, 0.01).unwrap();
+    /// `[1, -2]` after `steps` steps of AdamW (lr 0.1, decay 0.01) on
+    /// `sum((p - 3)^2)`: torch.optim.AdamW's update rule (decoupled
+    /// decay first) replayed in f64.
+    fn pytorch_adamw_on_a_quadratic(steps: i32) -> [f64; 2] {
         let mut expected = [1.0f64, -2.0];
         let (mut m, mut v) = ([0.0f64; 2], [0.0f64; 2]);
-        for t in 1..=3 {
-            let loss = (p.as_tensor() - 3.0)
-                .unwrap()
-                .sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap();
-            opt.step(&loss.backward().unwrap()).unwrap();
+        for t in 1..=steps {
             for i in 0..2 {
                 let g = 2.0 * (expected[i] - 3.0);
                 m[i] = 0.9 * m[i] + 0.1 * g;
@@ -297,7 +313,59 @@ mod tests {
                 expected[i] = expected[i] * (1.0 - 0.1 * 0.01) - 0.1 * mh / (vh.sqrt() + 1e-8);
             }
         }
-        let got = p.as_tensor().to_vec1::<f64>().unwrap();
+        expected
+    }
+
+    /// One step of `opt` on `sum((p - 3)^2)`.
+    fn step_on_the_quadratic(opt: &mut AdamW, p: &Var) {
+        let loss = (p.as_tensor() - 3.0)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        opt.step(&loss.backward().unwrap()).unwrap();
+    }
+
+    /// `p`'s values as f64.
+    fn values(p: &Var) -> Vec<f64> {
+        p.as_tensor()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    /// `steps` steps of [`AdamW`] on the quadratic of
+    /// [`pytorch_adamw_on_a_quadratic`], on a variable of `dtype`.
+    fn adamw_on_a_quadratic(dtype: DType, steps: i32) -> (AdamW, Var) {
+        let start = Tensor::new(&[1.0f64, -2.0], &Device::Cpu).unwrap();
+        let p = Var::from_tensor(&start.to_dtype(dtype).unwrap()).unwrap();
+        let mut opt = AdamW::new(vec![("p".into(), p.clone())], 0.1, 0.01).unwrap();
+        for _ in 0..steps {
+            step_on_the_quadratic(&mut opt, &p);
+        }
+        (opt, p)
+    }
+
+    /// In f32 the step runs in f32, as PyTorch's does: to f32 rounding.
+    #[test]
+    fn matches_pytorch_adamw_in_f32() {
+        let expected = pytorch_adamw_on_a_quadratic(5);
+        let got = values(&adamw_on_a_quadratic(DType::F32, 5).1);
+        for i in 0..2 {
+            assert!(
+                (got[i] - expected[i]).abs() < 1e-6 * expected[i].abs(),
+                "{got:?} vs {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn matches_pytorch_adamw_on_a_quadratic() {
+        let expected = pytorch_adamw_on_a_quadratic(3);
+        let (mut opt, p) = adamw_on_a_quadratic(DType::F64, 3);
+        let got = values(&p);
         for i in 0..2 {
             assert!(
                 (got[i] - expected[i]).abs() < 1e-12,
@@ -310,23 +378,8 @@ mod tests {
         let mut resumed = AdamW::new(vec![("p".into(), q.clone())], 0.1, 0.01).unwrap();
         resumed.load_state(&state).unwrap();
         assert_eq!(resumed.steps(), 3);
-        let loss = (p.as_tensor() - 3.0)
-            .unwrap()
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap();
-        opt.step(&loss.backward().unwrap()).unwrap();
-        let loss = (q.as_tensor() - 3.0)
-            .unwrap()
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap();
-        resumed.step(&loss.backward().unwrap()).unwrap();
-        assert_eq!(
-            p.as_tensor().to_vec1::<f64>().unwrap(),
-            q.as_tensor().to_vec1::<f64>().unwrap()
-        );
+        step_on_the_quadratic(&mut opt, &p);
+        step_on_the_quadratic(&mut resumed, &q);
+        assert_eq!(values(&p), values(&q));
     }
 }
