@@ -13,6 +13,7 @@
 //! finite differences.
 
 mod conv;
+mod conv_op;
 mod gemm;
 mod im2col;
 mod norm;
@@ -96,7 +97,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, cfg: ConvConfig) -> Result<Tensor> {
         return x.conv2d(w, cfg.padding, cfg.stride, cfg.dilation, cfg.groups);
     }
     x.contiguous()?
-        .apply_op2(&w.contiguous()?, conv::Conv2d(cfg))
+        .apply_op2(&w.contiguous()?, conv_op::Conv2d(cfg))
 }
 
 /// 2-D transposed convolution of `x` (`[n, c_in, h, w]`) by `w`
@@ -115,7 +116,7 @@ pub fn conv_transpose2d(
     }
     x.contiguous()?.apply_op2(
         &w.contiguous()?,
-        conv::ConvTranspose2d {
+        conv_op::ConvTranspose2d {
             cfg,
             output_padding,
         },
