@@ -1,5 +1,6 @@
 //! The convolution kernels: forward and both backward passes as
-//! im2col/col2im + GEMM (the Candle ops on them are in `conv_op`).
+//! im2col/col2im + GEMM (the Candle ops on them are in `conv_op`; large
+//! stride-1 planes skip the patch matrix, in `shifted`).
 //!
 //! With the geometry `g` of a convolution `y = x * w` (`x: [n, c, h, w]`,
 //! `w: [o, c/g, kh, kw]`) and `X = im2col(x)`, `Y = y` as `[o, n*p]`:
@@ -21,6 +22,7 @@ use super::gemm::{Strides, gemm};
 use super::im2col::{Geometry, col2im_add, gather_rows, im2col_into, scatter_rows};
 use super::same;
 use super::scratch::Scratch;
+use super::shifted;
 use super::threads;
 
 /// Bytes of patch matrix per chunk of images. The batch is convolved a
@@ -42,6 +44,9 @@ fn chunks(n: usize, b: usize) -> impl Iterator<Item = Range<usize>> {
 
 /// `[n, o, p]` output of the convolution `g` of `x` by `w`.
 pub fn forward<T: Scratch>(x: &[T], w: &[T], g: &Geometry) -> Vec<T> {
+    if shifted::applies(g) {
+        return shifted::forward(x, w, g);
+    }
     forward_in_chunks(x, w, g, images_per_chunk::<T>(g))
 }
 
@@ -159,6 +164,9 @@ fn backward_in_chunks<T: Scratch>(
     g: &Geometry,
     b: usize,
 ) -> (Vec<T>, Vec<T>) {
+    if shifted::applies(g) {
+        return shifted::grads(x, w, dy, g);
+    }
     with_chunk_scratch(g, b, |scratch| {
         backward_chunks_with(x, w, dy, g, b, scratch)
     })

@@ -20,6 +20,7 @@ mod norm;
 mod pointwise;
 mod same;
 mod scratch;
+mod shifted;
 #[cfg(test)]
 mod tests;
 

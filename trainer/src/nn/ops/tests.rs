@@ -75,7 +75,7 @@ fn assert_agree(
 /// Shapes the models use (ResNet stem, 3x3 and strided 1x1 blocks) plus
 /// dilation, odd sizes and groups. Square, because Candle's own backward
 /// pads a strided input gradient by one amount for both axes.
-const CONVS: [([usize; 4], [usize; 4], ConvConfig); 10] = [
+const CONVS: [([usize; 4], [usize; 4], ConvConfig); 12] = [
     (
         [2, 5, 19, 17],
         [4, 5, 7, 7],
@@ -165,6 +165,28 @@ const CONVS: [([usize; 4], [usize; 4], ConvConfig); 10] = [
             stride: 1,
             padding: 1,
             dilation: 1,
+            groups: 1,
+        },
+    ),
+    // Planes of 16x16 and up take the shifted-GEMM path, with dilation
+    // too; more output than input channels and the other way round.
+    (
+        [2, 3, 32, 33],
+        [4, 3, 3, 3],
+        ConvConfig {
+            stride: 1,
+            padding: 1,
+            dilation: 1,
+            groups: 1,
+        },
+    ),
+    (
+        [1, 5, 33, 34],
+        [2, 5, 3, 3],
+        ConvConfig {
+            stride: 1,
+            padding: 2,
+            dilation: 2,
             groups: 1,
         },
     ),
