@@ -233,17 +233,24 @@ fn backward_chunks_with<T: WithDType>(
         }
     }
     if x.is_some() {
-        let (dw, rest) = dw_parts.split_at_mut(g.o * k);
-        for part in rest.chunks(g.o * k) {
-            for (a, b) in dw.iter_mut().zip(part) {
-                *a += *b;
-            }
-        }
-        dw_parts.truncate(g.o * k);
-        // The gradient tensor keeps this buffer until the optimizer step.
-        dw_parts.shrink_to_fit();
+        dw_parts = sum_parts(dw_parts, g.o * k);
     }
     (dw_parts, dx)
+}
+
+/// The partial weight gradients `parts` (each `len` elements) added up
+/// into the first, which is returned.
+pub(super) fn sum_parts<T: WithDType>(mut parts: Vec<T>, len: usize) -> Vec<T> {
+    let (sum, rest) = parts.split_at_mut(len);
+    for part in rest.chunks(len) {
+        for (a, b) in sum.iter_mut().zip(part) {
+            *a += *b;
+        }
+    }
+    parts.truncate(len);
+    // The gradient tensor keeps this buffer until the optimizer step.
+    parts.shrink_to_fit();
+    parts
 }
 
 /// Largest per-thread partial weight gradient, in bytes (see

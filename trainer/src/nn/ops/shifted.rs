@@ -17,16 +17,17 @@
 use candle_core::WithDType;
 use rayon::prelude::*;
 
+use super::conv::sum_parts;
 use super::gemm::{Strides, gemm};
 use super::im2col::Geometry;
 use super::scratch::Scratch;
 use super::threads;
 
 /// Smallest plane (`h * w`) this path takes. At 16x16 (27% padding) it
-/// came out even with the patch matrix or a few percent ahead
-/// (`training-step` and `generator-step`, side by side); smaller planes
-/// pay more for the padding (56% at 8x8) and take [`super::same`].
-const SMALLEST_PLANE: usize = 256;
+/// made the width-64 ResNet's training step slower (`training-step`,
+/// five runs alternating with this limit: median 0.291 against 0.276 s),
+/// though the IST generator's a little faster.
+const SMALLEST_PLANE: usize = 1024;
 
 /// Bytes of padded input and output planes per chunk of images.
 const CHUNK_BYTES: usize = 4 << 20;
@@ -130,6 +131,37 @@ fn unpad<T: WithDType>(src: &[T], g: &Geometry, rows: usize, at: &Padded, dst: &
         });
 }
 
+/// `dst (m x n) = sum_t lhs_t (m x k) * rows[shift_t * sign]`: the
+/// kernel taps' GEMMs, `lhs_t` at offset `t` of `lhs` with strides
+/// `lhs_s`, and the `k` rows of `rows` (`[k, at.len]`) read `sign *
+/// shift_t` positions on.
+#[allow(clippy::too_many_arguments)]
+fn sum_over_taps<T: WithDType>(
+    g: &Geometry,
+    at: &Padded,
+    (m, k): (usize, usize),
+    dst: &mut [T],
+    lhs: &[T],
+    lhs_s: Strides,
+    rows: &[T],
+    sign: isize,
+) {
+    for t in 0..g.kh * g.kw {
+        let from = at.guard.saturating_add_signed(sign * at.shift(g, t));
+        gemm(
+            (m, at.n, k),
+            dst,
+            Strides::row_major(at.n),
+            t > 0,
+            &lhs[t..],
+            lhs_s,
+            &rows[from..],
+            Strides { rs: at.len, cs: 1 },
+            threads(),
+        );
+    }
+}
+
 /// `[n, o, h, w]` output of the convolution `g` of `x` by `w`.
 pub fn forward<T: Scratch>(x: &[T], w: &[T], g: &Geometry) -> Vec<T> {
     let (b, taps, p) = (images_per_chunk::<T>(g), g.kh * g.kw, g.p());
@@ -140,23 +172,11 @@ pub fn forward<T: Scratch>(x: &[T], w: &[T], g: &Geometry) -> Vec<T> {
         for imgs in (0..g.n).step_by(b).map(|s| s..(s + b).min(g.n)) {
             let at = Padded::new(g, imgs.len());
             pad_into(x, g, g.c, imgs.clone(), &at, at.guard, stage);
-            for t in 0..taps {
-                let from = at.guard.saturating_add_signed(at.shift(g, t));
-                gemm(
-                    (g.o, at.n, g.c),
-                    grid,
-                    Strides::row_major(at.n),
-                    t > 0,
-                    &w[t..],
-                    Strides {
-                        rs: g.c * taps,
-                        cs: taps,
-                    },
-                    &stage[from..],
-                    Strides { rs: at.len, cs: 1 },
-                    threads(),
-                );
-            }
+            let w_s = Strides {
+                rs: g.c * taps,
+                cs: taps,
+            };
+            sum_over_taps(g, &at, (g.o, g.c), grid, w, w_s, stage, 1);
             unpad(
                 grid,
                 g,
@@ -225,33 +245,15 @@ pub fn grads<T: Scratch>(
                     });
             }
             if let Some(w) = w {
-                for t in 0..taps {
-                    let from = at.guard.saturating_add_signed(-at.shift(g, t));
-                    gemm(
-                        (g.c, at.n, g.o),
-                        dxg,
-                        Strides::row_major(at.n),
-                        t > 0,
-                        &w[t..],
-                        Strides { rs: taps, cs: k },
-                        &dyp[from..],
-                        Strides { rs: at.len, cs: 1 },
-                        threads(),
-                    );
-                }
+                // W_t^T, read in place: W is small here.
+                let wt_s = Strides { rs: taps, cs: k };
+                sum_over_taps(g, &at, (g.c, g.o), dxg, w, wt_s, dyp, -1);
                 unpad(dxg, g, g.c, &at, &mut dx[imgs.start * chw..imgs.end * chw]);
             }
         }
     });
     if x.is_some() {
-        let (first, rest) = dw.split_at_mut(g.o * k);
-        for part in rest.chunks(g.o * k) {
-            for (a, v) in first.iter_mut().zip(part) {
-                *a += *v;
-            }
-        }
-        dw.truncate(g.o * k);
-        dw.shrink_to_fit();
+        dw = sum_parts(dw, g.o * k);
     }
     (dw, dx)
 }

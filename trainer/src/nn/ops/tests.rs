@@ -168,7 +168,7 @@ const CONVS: [([usize; 4], [usize; 4], ConvConfig); 12] = [
             groups: 1,
         },
     ),
-    // Planes of 16x16 and up take the shifted-GEMM path, with dilation
+    // Planes of 32x32 and up take the shifted-GEMM path, with dilation
     // too; more output than input channels and the other way round.
     (
         [2, 3, 32, 33],
