@@ -14,8 +14,6 @@
 //! InstanceNorm statistic one image's channel. Planes are indexed
 //! `q = n * channels + c`; scale and shift are per channel.
 
-use std::hint::select_unpredictable;
-
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -152,8 +150,7 @@ struct Normalize {
 impl Normalize {
     fn forward<T: WithDType>(&self, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
         let d = self.d;
-        let zero = T::from_f64(0.0);
-        let mut y = vec![zero; x.len()];
+        let mut y = vec![T::from_f64(0.0); x.len()];
         let per_task = d.planes_per_task();
         y.par_chunks_mut(d.hw.max(1) * per_task)
             .enumerate()
@@ -163,17 +160,9 @@ impl Normalize {
                     let (s, c) = (d.stat_of(q), q % d.c);
                     let scale = self.invstd[s] * w[c].to_f64();
                     let shift = b[c].to_f64() - self.mean[s] * scale;
-                    let (scale, shift) = (T::from_f64(scale), T::from_f64(shift));
-                    let x = &x[q * d.hw..][..d.hw];
-                    if self.relu {
-                        for (o, &v) in out.iter_mut().zip(x) {
-                            let v = v * scale + shift;
-                            *o = select_unpredictable(v > zero, v, zero);
-                        }
-                    } else {
-                        for (o, &v) in out.iter_mut().zip(x) {
-                            *o = v * scale + shift;
-                        }
+                    for (o, v) in out.iter_mut().zip(&x[q * d.hw..][..d.hw]) {
+                        let v = v.to_f64() * scale + shift;
+                        *o = T::from_f64(if self.relu { v.max(0.0) } else { v });
                     }
                 }
             });
@@ -244,20 +233,15 @@ impl Normalize {
                 let k = w[c].to_f64() * inv;
                 let (xs, gs) = (&x[q * d.hw..][..d.hw], &dy[q * d.hw..][..d.hw]);
                 if self.batch_stats {
-                    // k * (g - mean_dy - xhat * mean_dyx), xhat = (v - mu) * inv,
-                    // as g * k - v * a + b with the per-statistic terms in f64.
                     let [sdy, sdyx] = sums[s];
                     let (mean_dy, mean_dyx) = (sdy / m, sdyx / m);
-                    let a = k * inv * mean_dyx;
-                    let b = k * (mu * inv * mean_dyx - mean_dy);
-                    let (k, a, b) = (T::from_f64(k), T::from_f64(a), T::from_f64(b));
-                    for ((o, &v), &g) in out.iter_mut().zip(xs).zip(gs) {
-                        *o = g * k - v * a + b;
+                    for ((o, v), g) in out.iter_mut().zip(xs).zip(gs) {
+                        let xhat = (v.to_f64() - mu) * inv;
+                        *o = T::from_f64(k * (g.to_f64() - mean_dy - xhat * mean_dyx));
                     }
                 } else {
-                    let k = T::from_f64(k);
-                    for (o, &g) in out.iter_mut().zip(gs) {
-                        *o = g * k;
+                    for (o, g) in out.iter_mut().zip(gs) {
+                        *o = T::from_f64(k * g.to_f64());
                     }
                 }
             });
