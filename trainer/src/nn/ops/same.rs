@@ -121,9 +121,13 @@ pub fn im2col<T: WithDType>(
         .for_each(|(row, out)| {
             let (c, t) = (row / taps, row % taps);
             let (span, shift) = tap_info.span(t, bp);
-            // Outside `span` every position reads the padding.
-            let from = c * bp + span.start.saturating_add_signed(shift);
-            out[span.clone()].copy_from_slice(&stage[from..from + span.len()]);
+            // Outside `span` every position reads the padding; a tap that
+            // shifts past the whole chunk (a kernel wider than the plane)
+            // has no span, and no source to slice.
+            if !span.is_empty() {
+                let from = c * bp + span.start.saturating_add_signed(shift);
+                out[span.clone()].copy_from_slice(&stage[from..from + span.len()]);
+            }
             tap_info.zero_padding(t, out);
         });
 }
@@ -155,6 +159,9 @@ pub fn col2im<T: WithDType>(cols: &mut [T], g: &Geometry, stage: &mut [T], x: &m
             for t in 0..taps {
                 let row = &cols[(c * taps + t) * bp..][..bp];
                 let (span, shift) = tap_info.span(t, bp);
+                if span.is_empty() {
+                    continue;
+                }
                 let from = span.start.saturating_add_signed(shift);
                 let dst = &mut acc[from..from + span.len()];
                 for (a, v) in dst.iter_mut().zip(&row[span]) {

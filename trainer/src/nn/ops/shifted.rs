@@ -73,8 +73,9 @@ impl Padded {
         (i * d - pad) * self.wp as isize + (j * d - pad)
     }
 
-    /// Offset in a row of the image `n`'s padded-plane position of
-    /// `(r, col)` in the unpadded plane, `pad` rows and columns in.
+    /// Where, in a row of the chunk's padded planes (after any guard),
+    /// row `r` of image `n`'s unpadded plane starts: `pad` rows and
+    /// columns into that image's padded plane.
     fn at(&self, g: &Geometry, n: usize, r: usize) -> usize {
         let pad = g.cfg.padding;
         n * self.plane + (r + pad) * self.wp + pad

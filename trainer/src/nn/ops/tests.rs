@@ -75,7 +75,7 @@ fn assert_agree(
 /// Shapes the models use (ResNet stem, 3x3 and strided 1x1 blocks) plus
 /// dilation, odd sizes and groups. Square, because Candle's own backward
 /// pads a strided input gradient by one amount for both axes.
-const CONVS: [([usize; 4], [usize; 4], ConvConfig); 12] = [
+const CONVS: [([usize; 4], [usize; 4], ConvConfig); 13] = [
     (
         [2, 5, 19, 17],
         [4, 5, 7, 7],
@@ -187,6 +187,18 @@ const CONVS: [([usize; 4], [usize; 4], ConvConfig); 12] = [
             stride: 1,
             padding: 2,
             dilation: 2,
+            groups: 1,
+        },
+    ),
+    // A kernel wider than the plane, on one image of one channel: the
+    // outer taps shift past the whole chunk and read only padding.
+    (
+        [1, 1, 2, 2],
+        [2, 1, 5, 5],
+        ConvConfig {
+            stride: 1,
+            padding: 2,
+            dilation: 1,
             groups: 1,
         },
     ),
