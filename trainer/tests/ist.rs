@@ -152,8 +152,10 @@ fn a_tiny_ist_run_fits_evaluates_with_test_time_correction_and_draws_its_grid() 
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("18 steps"), "{stdout}");
     let run = tmp.path().join("run");
+    // The last checkpoint's history: the best one's ends where the
+    // validation loss last improved, which is the training's business.
     let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("best.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(run.join("last.json")).unwrap()).unwrap();
     // It validates only while the predictor trains.
     let steps: Vec<u64> = meta["history"]
         .as_array()
