@@ -187,18 +187,10 @@ fn backward_chunks_with<T: WithDType>(
         out: dyt,
         stage,
     } = scratch;
-    let (chw, zero) = (g.c * g.h * g.w, T::from_f64(0.0));
+    let chw = g.c * g.h * g.w;
     let parts = weight_grad_parts::<T>(g);
-    let mut dw_parts = if x.is_some() {
-        vec![zero; parts * g.o * k]
-    } else {
-        Vec::new()
-    };
-    let mut dx = if w.is_some() {
-        vec![zero; g.input_len()]
-    } else {
-        Vec::new()
-    };
+    let mut dw_parts = zeros_if(x.is_some(), parts * g.o * k);
+    let mut dx = zeros_if(w.is_some(), g.input_len());
     for (chunk, imgs) in chunks(g.n, b).enumerate() {
         let bp = imgs.len() * p;
         let dyt = &mut dyt[..g.o * bp];
@@ -236,6 +228,15 @@ fn backward_chunks_with<T: WithDType>(
         dw_parts = sum_parts(dw_parts, g.o * k);
     }
     (dw_parts, dx)
+}
+
+/// `len` zeros, or nothing when the gradient is `wanted` by no one.
+pub(super) fn zeros_if<T: WithDType>(wanted: bool, len: usize) -> Vec<T> {
+    if wanted {
+        vec![T::from_f64(0.0); len]
+    } else {
+        Vec::new()
+    }
 }
 
 /// The partial weight gradients `parts` (each `len` elements) added up

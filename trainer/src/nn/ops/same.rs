@@ -106,7 +106,7 @@ impl Taps {
 pub fn im2col<T: WithDType>(
     x: &[T],
     g: &Geometry,
-    imgs: std::ops::Range<usize>,
+    imgs: Range<usize>,
     stage: &mut [T],
     cols: &mut [T],
 ) {

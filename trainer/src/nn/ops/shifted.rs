@@ -17,7 +17,7 @@
 use candle_core::WithDType;
 use rayon::prelude::*;
 
-use super::conv::sum_parts;
+use super::conv::{sum_parts, zeros_if};
 use super::gemm::{Strides, gemm};
 use super::im2col::Geometry;
 use super::scratch::Scratch;
@@ -199,22 +199,14 @@ pub fn grads<T: Scratch>(
     dy: &[T],
     g: &Geometry,
 ) -> (Vec<T>, Vec<T>) {
-    let (b, taps, zero) = (images_per_chunk::<T>(g), g.kh * g.kw, T::from_f64(0.0));
+    let (b, taps) = (images_per_chunk::<T>(g), g.kh * g.kw);
     let at = Padded::new(g, b);
     let k = g.c * taps;
     // Partial weight gradients, one per thread (each sums its share of
     // the positions: dW is small and its inner dimension long).
     let parts = threads().max(1);
-    let mut dw = if x.is_some() {
-        vec![zero; parts * g.o * k]
-    } else {
-        Vec::new()
-    };
-    let mut dx = if w.is_some() {
-        vec![zero; g.input_len()]
-    } else {
-        Vec::new()
-    };
+    let mut dw = zeros_if(x.is_some(), parts * g.o * k);
+    let mut dx = zeros_if(w.is_some(), g.input_len());
     let chw = g.c * g.h * g.w;
     T::with_scratch(g.c * at.len + g.o * at.len + g.c * at.n, |scratch| {
         let (stage, rest) = scratch.split_at_mut(g.c * at.len);
