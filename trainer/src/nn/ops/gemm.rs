@@ -156,6 +156,12 @@ fn column_parts(m: usize, n: usize, threads: usize) -> usize {
     }
 }
 
+/// Whether [`gemm`] runs a product of `m` rows and `n` columns as one
+/// single-threaded product per thread, each on its own columns.
+pub fn splits_by_columns(m: usize, n: usize, threads: usize) -> bool {
+    threads > 1 && column_parts(m, n, threads) == threads
+}
+
 /// A pointer handed to the threads of a split product (see [`gemm`]'s
 /// safety comments for why sharing it is sound).
 #[derive(Clone, Copy)]
