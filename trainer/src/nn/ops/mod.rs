@@ -14,6 +14,7 @@
 
 mod conv;
 mod conv_op;
+mod direct;
 mod gemm;
 mod im2col;
 mod norm;

@@ -75,7 +75,7 @@ fn assert_agree(
 /// Shapes the models use (ResNet stem, 3x3 and strided 1x1 blocks) plus
 /// dilation, odd sizes and groups. Square, because Candle's own backward
 /// pads a strided input gradient by one amount for both axes.
-const CONVS: [([usize; 4], [usize; 4], ConvConfig); 13] = [
+const CONVS: [([usize; 4], [usize; 4], ConvConfig); 15] = [
     (
         [2, 5, 19, 17],
         [4, 5, 7, 7],
@@ -187,6 +187,29 @@ const CONVS: [([usize; 4], [usize; 4], ConvConfig); 13] = [
             stride: 1,
             padding: 2,
             dilation: 2,
+            groups: 1,
+        },
+    ),
+    // Planes 16 wide take the direct kernel in f32 (on CPUs with
+    // AVX-512): output channels in a full tile and a partial one, tiles
+    // of positions full and partial, a 5x5 kernel.
+    (
+        [2, 3, 16, 32],
+        [4, 3, 3, 3],
+        ConvConfig {
+            stride: 1,
+            padding: 1,
+            dilation: 1,
+            groups: 1,
+        },
+    ),
+    (
+        [1, 5, 16, 16],
+        [7, 5, 5, 5],
+        ConvConfig {
+            stride: 1,
+            padding: 2,
+            dilation: 1,
             groups: 1,
         },
     ),
