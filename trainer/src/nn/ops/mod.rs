@@ -1,7 +1,9 @@
 //! Fast CPU kernels for the layers that dominate a training step, as
 //! Candle custom ops with their own backward passes: convolution and
 //! transposed convolution as im2col + GEMM (Candle computes every
-//! convolution input gradient with direct loops and no GEMM);
+//! convolution input gradient with direct loops and no GEMM), or with a
+//! direct AVX-512 kernel for stride-1 convolutions of planes 16, 32, ...
+//! wide (`direct`);
 //! BatchNorm/InstanceNorm, ReLU, the residual add+ReLU, the 2x2 max pool
 //! and nearest upsampling in one pass each way. (The fused AdamW step is
 //! in `optim`.)
