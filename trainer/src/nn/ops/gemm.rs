@@ -273,37 +273,22 @@ mod tests {
         let a: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.3).cos()).collect();
         let b: Vec<f64> = (0..k * n).map(|i| (i as f64 * 0.7).sin()).collect();
         let want = plain(&a, &b, (m, n, k), 2.0);
-        let mut c = vec![2.0f64; m * n];
         let (a_s, b_s) = (Strides::row_major(k), Strides::row_major(n));
-        gemm(
-            (m, n, k),
-            &mut c,
-            Strides::row_major(n),
-            true,
-            &a,
-            a_s,
-            &b,
-            b_s,
-            3,
-        );
-        assert!(c.iter().zip(&want).all(|(c, w)| (c - w).abs() < 1e-12));
-        let mut ct = vec![f64::NAN; m * n];
-        gemm(
-            (m, n, k),
-            &mut ct,
-            Strides::transposed(m),
-            false,
-            &a,
-            a_s,
-            &b,
-            b_s,
-            3,
-        );
-        for (i, w) in want.iter().enumerate() {
-            assert!(
-                (ct[i % n * m + i / n] + 2.0 - w).abs() < 1e-12,
-                "element {i}"
-            );
+        // Added onto 2.0 in place, and written (over NaN) transposed.
+        for (dst_s, accumulate) in [
+            (Strides::row_major(n), true),
+            (Strides::transposed(m), false),
+        ] {
+            let mut c = vec![if accumulate { 2.0 } else { f64::NAN }; m * n];
+            gemm((m, n, k), &mut c, dst_s, accumulate, &a, a_s, &b, b_s, 3);
+            for (i, w) in want.iter().enumerate() {
+                let got =
+                    c[i / n * dst_s.rs + i % n * dst_s.cs] + if accumulate { 0.0 } else { 2.0 };
+                assert!(
+                    (got - w).abs() < 1e-12,
+                    "accumulate {accumulate}, element {i}"
+                );
+            }
         }
     }
 }
