@@ -22,7 +22,7 @@ use std::ops::Range;
 use candle_core::WithDType;
 use rayon::prelude::*;
 
-use super::direct;
+use super::direct::{self, Direct};
 use super::gemm::{Strides, gemm, splits_by_columns};
 use super::im2col::{Geometry, col2im_add, gather_rows, im2col_into, scatter_rows};
 use super::same;
@@ -48,8 +48,8 @@ fn chunks(n: usize, b: usize) -> impl Iterator<Item = Range<usize>> {
 }
 
 /// `[n, o, p]` output of the convolution `g` of `x` by `w`.
-pub fn forward<T: Scratch>(x: &[T], w: &[T], g: &Geometry) -> Vec<T> {
-    if let Some(y) = direct::forward(x, w, g) {
+pub fn forward<T: Scratch + Direct>(x: &[T], w: &[T], g: &Geometry) -> Vec<T> {
+    if let Some(y) = T::direct_forward(x, w, g) {
         return y;
     }
     if shifted::applies(g) {
@@ -146,26 +146,31 @@ fn forward_chunks_into<T: WithDType>(
 
 /// Weight gradient `[o, c/g, kh, kw]` of the convolution `g` of `x`,
 /// from its output gradient `dy` (`[n, o, p]`).
-pub fn weight_grad<T: Scratch>(x: &[T], dy: &[T], g: &Geometry) -> Vec<T> {
+pub fn weight_grad<T: Scratch + Direct>(x: &[T], dy: &[T], g: &Geometry) -> Vec<T> {
     backward_in_chunks(Some(x), None, dy, g, images_per_chunk::<T>(g)).0
 }
 
 /// Input gradient `[n, c, h, w]` of the convolution `g` by `w`, from its
 /// output gradient `dy` (`[n, o, p]`).
-pub fn input_grad<T: Scratch>(w: &[T], dy: &[T], g: &Geometry) -> Vec<T> {
+pub fn input_grad<T: Scratch + Direct>(w: &[T], dy: &[T], g: &Geometry) -> Vec<T> {
     backward_in_chunks(None, Some(w), dy, g, images_per_chunk::<T>(g)).1
 }
 
 /// Both gradients in one pass over `dy`: the weight gradient, and the
 /// input gradient when `w` is given (empty otherwise).
-pub fn grads<T: Scratch>(x: &[T], w: Option<&[T]>, dy: &[T], g: &Geometry) -> (Vec<T>, Vec<T>) {
+pub fn grads<T: Scratch + Direct>(
+    x: &[T],
+    w: Option<&[T]>,
+    dy: &[T],
+    g: &Geometry,
+) -> (Vec<T>, Vec<T>) {
     backward_in_chunks(Some(x), w, dy, g, images_per_chunk::<T>(g))
 }
 
 /// The weight gradient (when `x` is given) and the input gradient (when
 /// `w` is given) of the convolution `g`, chunk by chunk of `b` images;
 /// a gradient not asked for is empty.
-fn backward_in_chunks<T: Scratch>(
+fn backward_in_chunks<T: Scratch + Direct>(
     x: Option<&[T]>,
     w: Option<&[T]>,
     dy: &[T],

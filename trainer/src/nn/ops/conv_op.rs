@@ -7,6 +7,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 
 use super::conv::{forward, grads, input_grad, weight_grad};
+use super::direct::Direct;
 use super::im2col::{ConvConfig, Geometry};
 use super::scratch::Scratch;
 use super::{contiguous, cpu_slice, from_vec};
@@ -58,7 +59,7 @@ impl CustomOp2 for Conv2d {
 }
 
 /// Input (when `x` needs one) and weight gradients of the convolution `g`.
-fn conv_grads<T: Scratch>(
+fn conv_grads<T: Scratch + Direct>(
     x: &Tensor,
     w: &Tensor,
     dy: &Tensor,
@@ -146,7 +147,7 @@ impl CustomOp2 for ConvTranspose2d {
 /// gradient `dy` has the shape of the convolution `g`'s input: that
 /// convolution's forward gives dx, its weight gradient against x (as dY)
 /// gives dw.
-fn transposed_grads<T: Scratch>(
+fn transposed_grads<T: Scratch + Direct>(
     x: &Tensor,
     w: &Tensor,
     dy: &Tensor,
