@@ -221,6 +221,9 @@ pub struct InferenceConfig {
     pub intra_op_threads: usize,
     /// Let idle ONNX Runtime threads spin (default false: a service beside an instrument should idle quietly).
     pub spinning: bool,
+    /// Inference first (default true): the daemon's threads other than
+    /// inference run 10 nice levels lower; false runs all at one priority.
+    pub first: bool,
     /// Path of `libonnxruntime.so`; searched for when unset (see README).
     pub onnxruntime_library: Option<PathBuf>,
 }
@@ -231,6 +234,7 @@ impl Default for InferenceConfig {
             execution_provider: ExecutionProvider::default(),
             intra_op_threads: 1,
             spinning: false,
+            first: true,
             onnxruntime_library: None,
         }
     }

@@ -50,6 +50,7 @@ fn defaults_fill_a_minimal_daemon_config_and_paths_resolve_against_its_folder() 
     assert_eq!(c.batch.max_size, 32);
     assert_eq!(c.inference.intra_op_threads, 1);
     assert!(!c.inference.spinning);
+    assert!(c.inference.first);
     assert_eq!(c.http.listen.to_string(), "127.0.0.1:9464");
     assert_eq!(c.assemble.field_size, None);
     let sized = format!("{MINIMAL}[daemon.assemble]\nfield_size = [1080, 1920]\n");

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod journal;
 pub mod model_input;
 pub mod pipeline;
+pub mod priority;
 pub mod replay;
 pub mod runtime;
 pub mod store;

@@ -93,7 +93,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { config: path } => {
             let config = bfx_config::load_daemon(&path).context("invalid configuration")?;
             let timeout = config.shutdown_timeout;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if config.inference.first {
+                // Inference first: see bfx_daemon::priority.
+                bfx_daemon::priority::start_spawner().context("cannot start the spawner thread")?;
+                builder.on_thread_start(bfx_daemon::priority::lower_this_thread);
+            }
+            let runtime = builder
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;

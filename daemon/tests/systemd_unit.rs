@@ -18,6 +18,15 @@ fn the_unit_verifies_and_is_hardened() {
     let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/bfx-daemon.service");
     let text = std::fs::read_to_string(&unit).expect("unit file");
     assert!(text.contains("ExecStart=/usr/local/bin/bfx-daemon run"));
+    // The daemon lowers its threads other than inference with setpriority
+    // (bfx_daemon::priority), which @resources holds: the unit denies the
+    // group, so it must allow that call back after, or the call kills it.
+    let deny = text.find("SystemCallFilter=~@privileged @resources");
+    let allow = text.find("SystemCallFilter=setpriority");
+    assert!(
+        matches!((deny, allow), (Some(d), Some(a)) if a > d),
+        "the unit must deny @resources, then allow setpriority back"
+    );
     // verify wants the executable to exist: point it at the built binary.
     let tmp = tempfile::tempdir().expect("temp dir");
     let copy = tmp.path().join("bfx-daemon.service");

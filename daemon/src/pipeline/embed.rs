@@ -154,9 +154,7 @@ impl EmbedStage {
         reloads: mpsc::Receiver<Engine>,
         tx: mpsc::Sender<SinkMsg>,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
-        std::thread::Builder::new()
-            .name("bfx-inference".into())
-            .spawn(move || self.run(rx, reloads, tx))
+        crate::priority::spawn_unlowered("bfx-inference", move || self.run(rx, reloads, tx))
     }
 
     /// Run `f` with `self.engine` being the bundle `plate` started with

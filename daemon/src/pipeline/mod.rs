@@ -131,9 +131,9 @@ pub enum PipelineError {
     /// The store cannot be opened.
     #[error("store: {0}")]
     Store(#[from] StoreError),
-    /// The inference thread did not start.
-    #[error("cannot start the inference thread: {0}")]
-    Thread(std::io::Error),
+    /// A thread of the pipeline (named) did not start.
+    #[error("cannot start the {0}: {1}")]
+    Thread(&'static str, std::io::Error),
 }
 
 /// What a run did.
@@ -258,7 +258,11 @@ pub async fn run_reloading(
             bundle.manifest.correction_modes
         )));
     }
-    let engine = Engine::load(rt, bundle.clone(), &config.inference)?;
+    let inference = config.inference.clone();
+    let loading = bundle.clone();
+    // ONNX Runtime's session threads start at their creator's priority.
+    let engine = crate::priority::run_unlowered(move || Engine::load(rt, loading, &inference))
+        .map_err(|e| PipelineError::Thread("thread that loads the model", e))??;
     let provider = format!("{:?}", engine.provider).to_lowercase();
     metrics::gauge!(telemetry::PROVIDER_INFO, "provider" => provider).set(1.0);
     let mode_name = crate::store::correction_name(mode);
@@ -435,7 +439,7 @@ pub async fn run_reloading(
     // Not joined: the thread ends when its input closes, before the sink's does.
     stage
         .spawn(inputs_rx, reload_rx, rows_tx)
-        .map_err(PipelineError::Thread)?;
+        .map_err(|e| PipelineError::Thread("inference thread", e))?;
     let sink = sink::Sink {
         store,
         commit: config.commit.clone(),

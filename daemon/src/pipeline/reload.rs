@@ -87,7 +87,10 @@ fn load(
         running_config.inference.execution_provider,
     )
     .map_err(|e| e.to_string())?;
-    Engine::load(rt, bundle, &running_config.inference)
+    let inference = running_config.inference.clone();
+    // ONNX Runtime's session threads start at their creator's priority.
+    crate::priority::run_unlowered(move || Engine::load(rt, bundle, &inference))
+        .map_err(|e| e.to_string())?
         .map(Some)
         .map_err(|e| e.to_string())
 }
