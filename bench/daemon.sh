@@ -10,8 +10,9 @@
 #   model, batch size and threads, and against a straightforward Python
 #   pipeline (bench/python_pipeline.py: tifffile, onnxruntime, anndata).
 #   The daemon also runs on the screen's own small plates (about 144 sites
-#   each), where the per-plate cost of the store shows. ROUNDS interleaved
-#   rounds, medians.
+#   each), where the per-plate cost of the store shows, and once more with
+#   every thread at one priority (daemon.inference.first = false), to show
+#   what running inference first buys. ROUNDS interleaved rounds, medians.
 # - Latency: p50/p99 of bfx_site_latency_seconds (a site's last file ready
 #   -> its row committed) at 1, 10 and 100 sites/s arrival, with the
 #   daemon's default batching (max_delay 2s) and commits (max_interval 5s).
@@ -23,7 +24,7 @@
 # The model is a seeded bundle in the demo's shape (ResNet18 width 16,
 # 4 channels of 64x64, embedding 64); batch 32, one intra-op thread.
 #
-# Usage: bench/daemon.sh [SITES] [STREAM] [ROUNDS]   (defaults 10000, 20000, 3;
+# Usage: bench/daemon.sh [SITES] [STREAM] [ROUNDS]   (defaults 10000, 20000, 5;
 # about 15 minutes on 2 cores). The measurements are kept in
 # .bfx-bench/results.jsonl; `bench/daemon.sh --render` writes the tables
 # again from them.
@@ -39,7 +40,7 @@ if [ "${1:-}" = --render ]; then
 fi
 sites=${1:-10000}
 stream=${2:-20000}
-rounds=${3:-3}
+rounds=${3:-5}
 batch=32
 threads=1
 plate_sites=3456
@@ -66,6 +67,9 @@ for round in $(seq "$rounds"); do
     "$venv/bin/python" bench/python_pipeline.py "$work/bundle" "$work/source.sites" "$work/python.zarr" $batch $threads | tee -a "$results"
     # Last: it moves the source folders into its watched root.
     "$bin/daemon-bench" daemon "$bin/bfx-daemon" "$work/bundle" "$work/source" "$work/run" $batch $threads burst | tee -a "$results"
+    # Again with every thread at one priority (daemon.inference.first = false).
+    "$bin/daemon-bench" source "$work/screen" "$work/source" "$sites" $plate_sites
+    "$bin/daemon-bench" daemon "$bin/bfx-daemon" "$work/bundle" "$work/source" "$work/run" $batch $threads burst equal | tee -a "$results"
 done
 # Enough sites for a p99 at each rate: 2 minutes at 1/s, a minute at 10/s.
 for rate_sites in 1:120 10:600 100:2000; do
@@ -88,7 +92,8 @@ runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 def med(rows, key):
     return statistics.median(r[key] for r in rows)
 raw = [r for r in runs if r["bench"] == "raw"]
-bursts = [r for r in runs if r["bench"] == "daemon" and r["arrival"] == "burst"]
+bursts = [r for r in runs if r["bench"] == "daemon" and r["arrival"] == "burst" and r.get("first", True)]
+equal = [r for r in runs if r["bench"] == "daemon" and r["arrival"] == "burst" and not r.get("first", True)]
 # The screen's own small plates make the most plates for the same sites.
 most = max(r["plates"] for r in bursts)
 small = [r for r in bursts if r["plates"] == most]
@@ -121,6 +126,7 @@ print("| pipeline | sites/s | vs raw ONNX Runtime | store commits (s) |")
 print("|---|---|---|---|")
 r = med(raw, "sites_per_s")
 for name, rows in [("raw ONNX Runtime `session.run`", raw), ("bfx-daemon, end to end", burst),
+                   ("bfx-daemon, all threads at one priority (`inference.first = false`)", equal),
                    (f"bfx-daemon, the screen's own {small[0]['plates']} plates of ~{small[0]['sites'] // small[0]['plates']} sites", small),
                    ("Python pipeline, end to end", python)]:
     v = med(rows, "sites_per_s")
@@ -128,6 +134,10 @@ for name, rows in [("raw ONNX Runtime `session.run`", raw), ("bfx-daemon, end to
     print(f"| {name} | {v:.0f} | {v / r:.2f}x | {commit} |")
 rounds_text = ", ".join(f"{d['sites_per_s'] / w['sites_per_s']:.2f}x" for d, w in zip(burst, raw))
 print(f"\nbfx-daemon against raw ONNX Runtime round by round: {rounds_text}.")
+equal_text = ", ".join(f"{d['sites_per_s'] / w['sites_per_s']:.2f}x" for d, w in zip(equal, raw))
+print(f"With all threads at one priority: {equal_text}. By default the daemon runs its threads "
+      "other than inference 10 nice levels lower, so that decoding, preprocessing and commits "
+      "use the cores inference leaves (`daemon.inference.first`).")
 print("\nStore commits: seconds the daemon spent committing rows over the whole burst (every "
       "commit writes each changed plate's chunks and metadata through new files; a plate's first "
       "commit creates its whole group).")

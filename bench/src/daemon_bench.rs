@@ -16,11 +16,12 @@
 //! daemon-bench rescan DIR ROUNDS
 //!     the watch stage's rescan of DIR: listing every folder, and only
 //!     looking at each folder's mtime when none changed (ms, median of ROUNDS)
-//! daemon-bench daemon DAEMON_BIN BUNDLE SOURCE WORK BATCH THREADS ARRIVAL
+//! daemon-bench daemon DAEMON_BIN BUNDLE SOURCE WORK BATCH THREADS ARRIVAL [PRIORITY]
 //!     the daemon on an empty folder; ARRIVAL `burst` renames SOURCE's plates
 //!     into it at once, a number replays them at that many sites/s. Reports
 //!     throughput (sites/s between 10% and 90% committed), the latency
-//!     quantiles of bfx_site_latency_seconds, and resident memory
+//!     quantiles of bfx_site_latency_seconds, and resident memory. PRIORITY
+//!     `first` (the default) or `equal`: `daemon.inference.first`
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -65,6 +66,11 @@ fn main() -> anyhow::Result<()> {
             n(5)?,
             n(6)?,
             a(7)?,
+            match a(8).unwrap_or("first") {
+                "first" => true,
+                "equal" => false,
+                other => bail!("priority {other:?}: first or equal"),
+            },
         ),
         other => bail!("unknown benchmark {other:?} (bundle, source, raw, rescan, daemon)"),
     }
@@ -337,6 +343,7 @@ fn daemon(
     batch: usize,
     threads: usize,
     arrival: &str,
+    first: bool,
 ) -> anyhow::Result<()> {
     let sites = std::fs::read_to_string(source.with_extension("sites"))?
         .lines()
@@ -351,7 +358,7 @@ fn daemon(
         .port();
     let config = work.join("daemon.toml");
     // Defaults but for the settle time (the synthetic files are written
-    // whole), the batch and threads under test, and a completion marker
+    // whole), the batch, threads and priorities under test, and a completion marker
     // (replays write one after each plate, as instruments do). Commits
     // keep their default size: the rate between two polls that each follow
     // a commit counts exactly the rows committed in between, however large
@@ -362,7 +369,7 @@ fn daemon(
             "[daemon]\nbundle = {:?}\nstore = \"out.zarr\"\n[daemon.naming]\npreset = \"imagexpress\"\n\
              [daemon.watch]\nroots = [\"incoming\"]\nsettle = \"200ms\"\n\
              [daemon.plate]\ncompletion_marker = {MARKER:?}\n\
-             [daemon.batch]\nmax_size = {batch}\n[daemon.inference]\nintra_op_threads = {threads}\n\
+             [daemon.batch]\nmax_size = {batch}\n[daemon.inference]\nintra_op_threads = {threads}\nfirst = {first}\n\
              [daemon.http]\nlisten = \"127.0.0.1:{port}\"\n",
             std::fs::canonicalize(bundle)?
         ),
@@ -483,7 +490,7 @@ fn daemon(
         "{}",
         serde_json::json!({
             "bench": "daemon", "arrival": arrival, "sites": sites, "plates": plate_count,
-            "batch": batch, "threads": threads,
+            "batch": batch, "threads": threads, "first": first,
             "seconds": trace.last().map(|t| t.0),
             "sites_per_s": (n90 - n10) / (t90 - t10),
             "latency_p50_s": histogram_quantile(&metrics, latency, 0.5),
