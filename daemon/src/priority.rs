@@ -107,7 +107,7 @@ pub fn lower_this_thread() {
 /// The calling thread's nice value.
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
-pub fn this_thread_nice() -> std::io::Result<i32> {
+fn this_thread_nice() -> std::io::Result<i32> {
     // SAFETY: gettid and getpriority take no pointers; errno's location is
     // the calling thread's own. getpriority can return -1 as a value, so
     // errno, cleared before, decides.
@@ -140,6 +140,13 @@ fn renice_this_thread(by: i32) -> std::io::Result<()> {
     } else {
         Err(std::io::Error::last_os_error())
     }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn this_thread_nice() -> std::io::Result<i32> {
+    Err(std::io::Error::other(
+        "thread priorities are read on Linux only",
+    ))
 }
 
 #[cfg(not(target_os = "linux"))]
