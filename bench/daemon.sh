@@ -25,7 +25,7 @@
 # 4 channels of 64x64, embedding 64); batch 32, one intra-op thread.
 #
 # Usage: bench/daemon.sh [SITES] [STREAM] [ROUNDS]   (defaults 10000, 20000, 5;
-# about 15 minutes on 2 cores). The measurements are kept in
+# about 10 minutes on 2 cores). The measurements are kept in
 # .bfx-bench/results.jsonl; `bench/daemon.sh --render` writes the tables
 # again from them.
 set -euo pipefail
