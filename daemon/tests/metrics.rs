@@ -1,7 +1,8 @@
 //! `/metrics`, `/healthz` and `/readyz` of a running daemon: scraped
 //! during a replay, the file counters add up (every file seen is embedded
 //! as part of a site, refused, skipped, or still pending), and the info
-//! gauges name the model in use.
+//! gauges name the model in use. The daemon's threads other than
+//! inference run at a lower priority.
 
 use std::time::{Duration, Instant};
 
@@ -81,6 +82,7 @@ fn counters_add_up_during_a_replay() {
         std::thread::sleep(Duration::from_millis(150));
     };
     replay.join().expect("replay");
+    inference_runs_first(daemon.pid());
     daemon.kill();
     assert!(scrapes > 1, "scraped during the replay");
     assert_eq!(
@@ -131,4 +133,44 @@ fn counters_add_up_during_a_replay() {
     assert!(sum(&last, "bfx_start_time_seconds", "") > 1.7e9);
     // No paths or wells in labels.
     assert!(!last.contains("KP1/"), "{last}");
+}
+
+/// Name and nice value of each thread of process `pid`.
+fn thread_nices(pid: u32) -> Vec<(String, i32)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the daemon's threads");
+    tasks
+        .filter_map(|t| {
+            let dir = t.ok()?.path();
+            let name = std::fs::read_to_string(dir.join("comm")).ok()?;
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            // The fields after the name, which ends with the last ')':
+            // state is field 3, nice field 19.
+            let nice = stat.rsplit_once(')')?.1.split_whitespace().nth(16)?;
+            Some((name.trim().to_string(), nice.parse().ok()?))
+        })
+        .collect()
+}
+
+/// bfx_daemon::priority, as `bfx-daemon run` sets it up by default: the
+/// inference thread keeps the daemon's priority (the main thread's,
+/// inherited from this test), every runtime thread is 10 nice levels lower.
+fn inference_runs_first(pid: u32) {
+    let threads = thread_nices(pid);
+    let nice_of = |name: &str| {
+        threads
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no thread {name} in {threads:?}"))
+            .1
+    };
+    let own = nice_of("bfx-daemon");
+    assert_eq!(nice_of("bfx-inference"), own, "{threads:?}");
+    let lowered: Vec<_> = threads
+        .iter()
+        .filter(|(n, _)| n.starts_with("tokio"))
+        .collect();
+    assert!(!lowered.is_empty(), "no runtime threads in {threads:?}");
+    for (name, nice) in lowered {
+        assert_eq!(*nice, (own + 10).min(19), "{name} in {threads:?}");
+    }
 }
