@@ -27,6 +27,8 @@ fn the_unit_verifies_and_is_hardened() {
         matches!((deny, allow), (Some(d), Some(a)) if a > d),
         "the unit must deny @resources, then allow setpriority back"
     );
+    // Any other denied call is an error the daemon handles, not SIGSYS.
+    assert!(text.contains("\nSystemCallErrorNumber=EPERM\n"));
     // verify wants the executable to exist: point it at the built binary.
     let tmp = tempfile::tempdir().expect("temp dir");
     let copy = tmp.path().join("bfx-daemon.service");
