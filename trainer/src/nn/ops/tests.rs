@@ -72,170 +72,45 @@ fn assert_agree(
     }
 }
 
+/// A convolution's stride, padding, dilation and groups.
+const fn cfg(stride: usize, padding: usize, dilation: usize, groups: usize) -> ConvConfig {
+    ConvConfig {
+        stride,
+        padding,
+        dilation,
+        groups,
+    }
+}
+
 /// Shapes the models use (ResNet stem, 3x3 and strided 1x1 blocks) plus
 /// dilation, odd sizes and groups. Square, because Candle's own backward
 /// pads a strided input gradient by one amount for both axes.
 const CONVS: [([usize; 4], [usize; 4], ConvConfig); 15] = [
-    (
-        [2, 5, 19, 17],
-        [4, 5, 7, 7],
-        ConvConfig {
-            stride: 2,
-            padding: 3,
-            dilation: 1,
-            groups: 1,
-        },
-    ),
-    (
-        [3, 4, 8, 8],
-        [6, 4, 3, 3],
-        ConvConfig {
-            stride: 1,
-            padding: 1,
-            dilation: 1,
-            groups: 1,
-        },
-    ),
-    (
-        [2, 4, 9, 9],
-        [8, 4, 3, 3],
-        ConvConfig {
-            stride: 2,
-            padding: 1,
-            dilation: 1,
-            groups: 1,
-        },
-    ),
-    (
-        [2, 4, 8, 8],
-        [8, 4, 1, 1],
-        ConvConfig {
-            stride: 2,
-            padding: 0,
-            dilation: 1,
-            groups: 1,
-        },
-    ),
-    (
-        [1, 3, 6, 6],
-        [5, 3, 1, 1],
-        ConvConfig {
-            stride: 1,
-            padding: 0,
-            dilation: 1,
-            groups: 1,
-        },
-    ),
-    (
-        [2, 3, 11, 10],
-        [4, 3, 3, 3],
-        ConvConfig {
-            stride: 1,
-            padding: 2,
-            dilation: 2,
-            groups: 1,
-        },
-    ),
-    (
-        [2, 6, 7, 7],
-        [6, 2, 3, 3],
-        ConvConfig {
-            stride: 2,
-            padding: 1,
-            dilation: 1,
-            groups: 3,
-        },
-    ),
+    ([2, 5, 19, 17], [4, 5, 7, 7], cfg(2, 3, 1, 1)),
+    ([3, 4, 8, 8], [6, 4, 3, 3], cfg(1, 1, 1, 1)),
+    ([2, 4, 9, 9], [8, 4, 3, 3], cfg(2, 1, 1, 1)),
+    ([2, 4, 8, 8], [8, 4, 1, 1], cfg(2, 0, 1, 1)),
+    ([1, 3, 6, 6], [5, 3, 1, 1], cfg(1, 0, 1, 1)),
+    ([2, 3, 11, 10], [4, 3, 3, 3], cfg(1, 2, 2, 1)),
+    ([2, 6, 7, 7], [6, 2, 3, 3], cfg(2, 1, 1, 3)),
     // The last ResNet stages on small images: planes of 2x2 and 1x1
     // under a 3x3 kernel, where most taps fall entirely in the padding.
-    (
-        [2, 3, 2, 2],
-        [4, 3, 3, 3],
-        ConvConfig {
-            stride: 1,
-            padding: 1,
-            dilation: 1,
-            groups: 1,
-        },
-    ),
-    (
-        [3, 2, 1, 1],
-        [4, 2, 3, 3],
-        ConvConfig {
-            stride: 1,
-            padding: 1,
-            dilation: 1,
-            groups: 1,
-        },
-    ),
+    ([2, 3, 2, 2], [4, 3, 3, 3], cfg(1, 1, 1, 1)),
+    ([3, 2, 1, 1], [4, 2, 3, 3], cfg(1, 1, 1, 1)),
     // Planes of 32x32 and up take the shifted-GEMM path, with dilation
     // too; more output than input channels and the other way round.
-    (
-        [2, 3, 32, 33],
-        [4, 3, 3, 3],
-        ConvConfig {
-            stride: 1,
-            padding: 1,
-            dilation: 1,
-            groups: 1,
-        },
-    ),
-    (
-        [1, 5, 33, 34],
-        [2, 5, 3, 3],
-        ConvConfig {
-            stride: 1,
-            padding: 2,
-            dilation: 2,
-            groups: 1,
-        },
-    ),
+    ([2, 3, 32, 33], [4, 3, 3, 3], cfg(1, 1, 1, 1)),
+    ([1, 5, 33, 34], [2, 5, 3, 3], cfg(1, 2, 2, 1)),
     // Planes 16 wide take the direct kernel in f32 (on CPUs with
     // AVX-512): output channels in a full tile and a partial one, tiles
     // of positions full and partial, a 5x5 kernel.
-    (
-        [2, 3, 16, 32],
-        [4, 3, 3, 3],
-        ConvConfig {
-            stride: 1,
-            padding: 1,
-            dilation: 1,
-            groups: 1,
-        },
-    ),
-    (
-        [1, 5, 16, 16],
-        [7, 5, 5, 5],
-        ConvConfig {
-            stride: 1,
-            padding: 2,
-            dilation: 1,
-            groups: 1,
-        },
-    ),
+    ([2, 3, 16, 32], [4, 3, 3, 3], cfg(1, 1, 1, 1)),
+    ([1, 5, 16, 16], [7, 5, 5, 5], cfg(1, 2, 1, 1)),
     // A kernel wider than the plane, on one image of one channel: the
     // outer taps shift past the whole chunk and read only padding.
-    (
-        [1, 1, 2, 2],
-        [2, 1, 5, 5],
-        ConvConfig {
-            stride: 1,
-            padding: 2,
-            dilation: 1,
-            groups: 1,
-        },
-    ),
+    ([1, 1, 2, 2], [2, 1, 5, 5], cfg(1, 2, 1, 1)),
     // A stem on a 1x1 image: no tap but the centre sees a pixel.
-    (
-        [2, 3, 1, 1],
-        [2, 3, 7, 7],
-        ConvConfig {
-            stride: 2,
-            padding: 3,
-            dilation: 1,
-            groups: 1,
-        },
-    ),
+    ([2, 3, 1, 1], [2, 3, 7, 7], cfg(2, 3, 1, 1)),
 ];
 
 #[test]
@@ -274,12 +149,7 @@ fn convolution_gradients_match_finite_differences() {
 
 #[test]
 fn non_square_inputs_get_right_gradients() {
-    let cfg = ConvConfig {
-        stride: 2,
-        padding: 0,
-        dilation: 1,
-        groups: 1,
-    };
+    let cfg = cfg(2, 0, 1, 1);
     let (x, w) = (random(&[2, 3, 9, 8], 3), random(&[4, 3, 1, 1], 4));
     let dx = max_error(&x, &|x| conv2d(x, &w, cfg)).unwrap();
     let dw = max_error(&w, &|w| conv2d(&x, w, cfg)).unwrap();
@@ -289,50 +159,10 @@ fn non_square_inputs_get_right_gradients() {
 #[test]
 fn transposed_convolution_matches_candle_and_finite_differences() {
     let cases: [([usize; 4], [usize; 4], ConvConfig, usize); 4] = [
-        (
-            [2, 4, 5, 5],
-            [4, 3, 3, 3],
-            ConvConfig {
-                stride: 2,
-                padding: 1,
-                dilation: 1,
-                groups: 1,
-            },
-            1,
-        ),
-        (
-            [1, 3, 4, 6],
-            [3, 2, 2, 2],
-            ConvConfig {
-                stride: 2,
-                padding: 0,
-                dilation: 1,
-                groups: 1,
-            },
-            0,
-        ),
-        (
-            [2, 2, 6, 5],
-            [2, 3, 3, 3],
-            ConvConfig {
-                stride: 1,
-                padding: 1,
-                dilation: 1,
-                groups: 1,
-            },
-            0,
-        ),
-        (
-            [2, 3, 4, 4],
-            [3, 2, 3, 3],
-            ConvConfig {
-                stride: 1,
-                padding: 2,
-                dilation: 2,
-                groups: 1,
-            },
-            0,
-        ),
+        ([2, 4, 5, 5], [4, 3, 3, 3], cfg(2, 1, 1, 1), 1),
+        ([1, 3, 4, 6], [3, 2, 2, 2], cfg(2, 0, 1, 1), 0),
+        ([2, 2, 6, 5], [2, 3, 3, 3], cfg(1, 1, 1, 1), 0),
+        ([2, 3, 4, 4], [3, 2, 3, 3], cfg(1, 2, 2, 1), 0),
     ];
     for (seed, (xs, ws, cfg, op)) in cases.iter().enumerate() {
         let x = random(xs, seed as u64);
@@ -355,12 +185,7 @@ fn transposed_convolution_matches_candle_and_finite_differences() {
         );
     }
     // Groups (Candle has no grouped transposed convolution): finite differences only.
-    let cfg = ConvConfig {
-        stride: 2,
-        padding: 1,
-        dilation: 1,
-        groups: 2,
-    };
+    let cfg = cfg(2, 1, 1, 2);
     let x = random(&[2, 4, 3, 3], 9);
     let w = random(&[4, 3, 3, 3], 10);
     let y = conv_transpose2d(&x, &w, cfg, 1).unwrap();
