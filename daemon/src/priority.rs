@@ -28,21 +28,19 @@ pub const LOWER_BY: i32 = 10;
 type Job = Box<dyn FnOnce() + Send>;
 
 /// Starts threads at the priority the daemon started with.
-struct Spawner(mpsc::Sender<Job>);
+struct Spawner {
+    jobs: mpsc::Sender<Job>,
+    /// The daemon's nice value, taken when the spawner started.
+    nice: Option<i32>,
+}
 
 static SPAWNER: OnceLock<Spawner> = OnceLock::new();
-
-/// The daemon's nice value, taken when the spawner started.
-static DAEMON_NICE: OnceLock<i32> = OnceLock::new();
 
 /// Start the spawner at the calling thread's priority (once; later calls
 /// do nothing). Call it before any thread is lowered.
 pub fn start_spawner() -> std::io::Result<()> {
     if SPAWNER.get().is_some() {
         return Ok(());
-    }
-    if let Ok(nice) = this_thread_nice() {
-        let _ = DAEMON_NICE.set(nice);
     }
     let (tx, rx) = mpsc::channel::<Job>();
     std::thread::Builder::new()
@@ -53,7 +51,10 @@ pub fn start_spawner() -> std::io::Result<()> {
             }
         })?;
     // A second caller racing this one started a spawner that stays idle.
-    let _ = SPAWNER.set(Spawner(tx));
+    let _ = SPAWNER.set(Spawner {
+        jobs: tx,
+        nice: this_thread_nice().ok(),
+    });
     Ok(())
 }
 
@@ -72,7 +73,7 @@ pub fn spawn_unlowered<T: Send + 'static>(
         let _ = tx.send(builder.spawn(f));
     });
     spawner
-        .0
+        .jobs
         .send(job)
         .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
     rx.recv()
@@ -128,7 +129,8 @@ fn this_thread_nice() -> std::io::Result<i32> {
 #[allow(unsafe_code)]
 fn renice_this_thread(by: i32) -> std::io::Result<()> {
     let own = this_thread_nice()?;
-    let nice = (DAEMON_NICE.get().copied().unwrap_or(own) + by).min(19);
+    let daemon = SPAWNER.get().and_then(|s| s.nice).unwrap_or(own);
+    let nice = (daemon + by).min(19);
     if own >= nice {
         return Ok(());
     }
