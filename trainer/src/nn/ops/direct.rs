@@ -20,6 +20,7 @@ use candle_core::WithDType;
 use rayon::prelude::*;
 
 use super::im2col::Geometry;
+use super::{narrow, narrow_grad};
 
 /// Positions in one 512-bit vector of f32.
 const LANES: usize = 16;
@@ -39,16 +40,27 @@ const MOST_OUTPUTS: usize = 128;
 pub trait Direct: WithDType {
     /// [`forward`] in this element type, where it applies.
     fn direct_forward(x: &[Self], w: &[Self], g: &Geometry) -> Option<Vec<Self>>;
+
+    /// The weight gradient by [`narrow_grad`], where it applies.
+    fn direct_weight_grad(x: &[Self], dy: &[Self], g: &Geometry) -> Option<Vec<Self>>;
 }
 
 impl Direct for f32 {
     fn direct_forward(x: &[f32], w: &[f32], g: &Geometry) -> Option<Vec<f32>> {
-        forward(x, w, g)
+        forward(x, w, g).or_else(|| narrow::forward(x, w, g))
+    }
+
+    fn direct_weight_grad(x: &[f32], dy: &[f32], g: &Geometry) -> Option<Vec<f32>> {
+        narrow_grad::weight_grad(x, dy, g)
     }
 }
 
 impl Direct for f64 {
     fn direct_forward(_: &[f64], _: &[f64], _: &Geometry) -> Option<Vec<f64>> {
+        None
+    }
+
+    fn direct_weight_grad(_: &[f64], _: &[f64], _: &Geometry) -> Option<Vec<f64>> {
         None
     }
 }
@@ -69,7 +81,7 @@ pub fn applies(g: &Geometry) -> bool {
 }
 
 /// Whether this CPU runs the kernel.
-fn has_avx512() -> bool {
+pub(super) fn has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         is_x86_feature_detected!("avx512f")
@@ -145,20 +157,23 @@ pub fn forward(x: &[f32], w: &[f32], g: &Geometry) -> Option<Vec<f32>> {
 /// the same both ways); `None` where the direct kernel does not apply.
 pub fn input_grad<T: Direct>(w: &[T], dy: &[T], g: &Geometry) -> Option<Vec<T>> {
     let swapped = Geometry::conv(&[g.n, g.o, g.ho, g.wo], &[g.c, g.o, g.kh, g.kw], g.cfg).ok()?;
-    if !applies(&swapped) {
+    if !(applies(&swapped) || narrow::applies(&swapped)) {
         return None;
     }
-    let (kh, kw) = (g.kh, g.kw);
+    // flipped[c][o] is w[o][c] turned by 180 degrees: its taps reversed.
+    let taps = g.kh * g.kw;
     let mut flipped = vec![T::from_f64(0.0); w.len()];
-    for (at, v) in w.iter().enumerate() {
-        let (o, c, i, j) = (
-            at / (g.c * kh * kw),
-            at / (kh * kw) % g.c,
-            at / kw % kh,
-            at % kw,
-        );
-        flipped[((c * g.o + o) * kh + kh - 1 - i) * kw + kw - 1 - j] = *v;
-    }
+    flipped
+        .par_chunks_mut((g.o * taps).max(1))
+        .enumerate()
+        .for_each(|(c, row)| {
+            for (o, kernel) in row.chunks_mut(taps).enumerate() {
+                let from = &w[(o * g.c + c) * taps..][..taps];
+                for (dst, src) in kernel.iter_mut().zip(from.iter().rev()) {
+                    *dst = *src;
+                }
+            }
+        });
     T::direct_forward(dy, &flipped, &swapped)
 }
 
@@ -262,12 +277,12 @@ mod avx512 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::nn::ops::ConvConfig;
 
     /// The convolution as the plain sum of its definition, in f64.
-    fn reference(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f64> {
+    pub(in crate::nn::ops) fn reference(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f64> {
         let pad = g.cfg.padding as isize;
         let mut y = vec![0.0; g.n * g.o * g.h * g.w];
         for n in 0..g.n {

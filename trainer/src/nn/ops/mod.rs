@@ -1,9 +1,10 @@
 //! Fast CPU kernels for the layers that dominate a training step, as
 //! Candle custom ops with their own backward passes: convolution and
 //! transposed convolution as im2col + GEMM (Candle computes every
-//! convolution input gradient with direct loops and no GEMM), or with a
-//! direct AVX-512 kernel for stride-1 convolutions of planes 16, 32, ...
-//! wide (`direct`);
+//! convolution input gradient with direct loops and no GEMM), or with
+//! direct AVX-512 kernels for stride-1 convolutions of planes 16, 32, ...
+//! wide (`direct`) and 3x3 ones of planes 8 wide (`narrow`, and
+//! `narrow_grad` for the weight gradient on planes 8 and 16 wide);
 //! BatchNorm/InstanceNorm, ReLU, the residual add+ReLU, the 2x2 max pool
 //! and nearest upsampling in one pass each way. (The fused AdamW step is
 //! in `optim`.)
@@ -19,6 +20,8 @@ mod conv_op;
 mod direct;
 mod gemm;
 mod im2col;
+mod narrow;
+mod narrow_grad;
 mod norm;
 mod pointwise;
 mod same;

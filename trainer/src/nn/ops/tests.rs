@@ -85,7 +85,7 @@ const fn cfg(stride: usize, padding: usize, dilation: usize, groups: usize) -> C
 /// Shapes the models use (ResNet stem, 3x3 and strided 1x1 blocks) plus
 /// dilation, odd sizes and groups. Square, because Candle's own backward
 /// pads a strided input gradient by one amount for both axes.
-const CONVS: [([usize; 4], [usize; 4], ConvConfig); 15] = [
+const CONVS: [([usize; 4], [usize; 4], ConvConfig); 17] = [
     ([2, 5, 19, 17], [4, 5, 7, 7], cfg(2, 3, 1, 1)),
     ([3, 4, 8, 8], [6, 4, 3, 3], cfg(1, 1, 1, 1)),
     ([2, 4, 9, 9], [8, 4, 3, 3], cfg(2, 1, 1, 1)),
@@ -111,6 +111,12 @@ const CONVS: [([usize; 4], [usize; 4], ConvConfig); 15] = [
     ([1, 1, 2, 2], [2, 1, 5, 5], cfg(1, 2, 1, 1)),
     // A stem on a 1x1 image: no tap but the centre sees a pixel.
     ([2, 3, 1, 1], [2, 3, 7, 7], cfg(2, 3, 1, 1)),
+    // 3x3 same convolutions to 32 channels and more take the kernels
+    // vectorized over output channels in f32 (on CPUs with AVX-512): on
+    // planes 8 wide all three passes, on planes 16 wide the weight
+    // gradient.
+    ([2, 32, 3, 8], [32, 32, 3, 3], cfg(1, 1, 1, 1)),
+    ([2, 5, 16, 16], [32, 5, 3, 3], cfg(1, 1, 1, 1)),
 ];
 
 #[test]
