@@ -12,8 +12,10 @@
 //! In f32 on CPUs with AVX-512, direct kernels take over where they were
 //! measured faster: stride-1 same convolutions of planes 16, 32, ... wide
 //! with up to 128 output channels (`direct`) and 3x3 ones of planes 8
-//! wide (`narrow`), forward and for the input gradient; and the weight
-//! gradient of 3x3 ones of planes 8 and 16 wide (`narrow_grad`).
+//! wide (`narrow`), forward and for the input gradient; stride-2 ones
+//! with output rows of 8, 16, ... forward (`narrow`); and the weight
+//! gradient of 3x3 ones at stride 1 or 2 with output rows 8 or 16 wide
+//! (`narrow_grad`).
 //!
 //! A transposed convolution is the input gradient of the convolution
 //! with the same kernel, so it uses the same three kernels with the

@@ -156,6 +156,11 @@ pub fn forward(x: &[f32], w: &[f32], g: &Geometry) -> Option<Vec<f32>> {
 /// flipped and with its channels swapped (a same convolution's padding is
 /// the same both ways); `None` where the direct kernel does not apply.
 pub fn input_grad<T: Direct>(w: &[T], dy: &[T], g: &Geometry) -> Option<Vec<T>> {
+    // Only a stride-1 same convolution's input gradient is a convolution
+    // of the same shape.
+    if g.cfg.stride != 1 || (g.ho, g.wo) != (g.h, g.w) {
+        return None;
+    }
     let swapped = Geometry::conv(&[g.n, g.o, g.ho, g.wo], &[g.c, g.o, g.kh, g.kw], g.cfg).ok()?;
     if !(applies(&swapped) || narrow::applies(&swapped)) {
         return None;
@@ -281,21 +286,22 @@ pub(super) mod tests {
     use super::*;
     use crate::nn::ops::ConvConfig;
 
-    /// The convolution as the plain sum of its definition, in f64.
+    /// The convolution (one group, no dilation) as the plain sum of its
+    /// definition, in f64.
     pub(in crate::nn::ops) fn reference(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f64> {
-        let pad = g.cfg.padding as isize;
-        let mut y = vec![0.0; g.n * g.o * g.h * g.w];
+        let (pad, s) = (g.cfg.padding as isize, g.cfg.stride as isize);
+        let mut y = vec![0.0; g.n * g.o * g.ho * g.wo];
         for n in 0..g.n {
             for o in 0..g.o {
-                for r in 0..g.h {
-                    for col in 0..g.w {
+                for r in 0..g.ho {
+                    for col in 0..g.wo {
                         let mut sum = 0.0;
                         for c in 0..g.c {
                             for i in 0..g.kh {
                                 for j in 0..g.kw {
                                     let (ih, iw) = (
-                                        r as isize + i as isize - pad,
-                                        col as isize + j as isize - pad,
+                                        s * r as isize + i as isize - pad,
+                                        s * col as isize + j as isize - pad,
                                     );
                                     if (0..g.h as isize).contains(&ih)
                                         && (0..g.w as isize).contains(&iw)
@@ -308,7 +314,7 @@ pub(super) mod tests {
                                 }
                             }
                         }
-                        y[((n * g.o + o) * g.h + r) * g.w + col] = sum;
+                        y[((n * g.o + o) * g.ho + r) * g.wo + col] = sum;
                     }
                 }
             }

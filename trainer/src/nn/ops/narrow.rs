@@ -1,20 +1,26 @@
-//! Direct convolution of planes 8 wide (a ResNet's second stage on 64x64
-//! images) for stride-1 3x3 convolutions with padding 1, in f32 on CPUs
-//! with AVX-512, vectorized over output channels.
+//! Direct convolution vectorized over output channels, in f32 on CPUs
+//! with AVX-512: stride-1 3x3 convolutions with padding 1 on planes 8
+//! wide (a ResNet's second stage on 64x64 images) and stride-2 ones down
+//! to rows of 8, 16, ... (the stem, the first convolution of a stage).
 //!
-//! At such planes im2col writes a patch matrix 9x the input, which the
-//! GEMM then packs again; that traffic, not the multiply-adds, set the
-//! pace: at 128 channels, 8x8 planes, batch 32, the forward pass took 3.4
-//! ms where PyTorch (oneDNN) takes 1.7; here it takes 2.3 (1.0 against
-//! 0.7 at 64 channels). A tile of [`OUTPUTS`] output channels by
-//! [`POSITIONS`] positions (one row) is summed in registers straight from
-//! a zero-padded copy of each image, like a GEMM microkernel whose other
-//! operand is the input itself: for each input channel and tap it loads
-//! the tile's weights as two vectors and multiplies them by each
-//! position's input value, at offsets known when the kernel is compiled.
-//! On planes 4 wide (two rows a tile) it was slower than im2col (256
-//! channels: 3.3 against 2.7 ms), and on planes 16 wide level with
-//! [`super::direct`]'s kernel, which keeps them.
+//! At such planes im2col writes a patch matrix 9x the input (49/4x for a
+//! 7x7 stem at stride 2), which the GEMM then packs again; that traffic,
+//! not the multiply-adds, set the pace. At 128 channels, 8x8 planes,
+//! batch 32, the forward pass took 3.4 ms where PyTorch (oneDNN) takes
+//! 1.7; here it takes 2.3 (1.0 against 0.7 at 64 channels). The stride-2
+//! convolution from 64 channels at 16x16 to 128 at 8x8 went from 3.4 to
+//! 1.6 ms (PyTorch 1.2), the stem (5 to 64 channels, 64x64 to 32x32)
+//! from 9.4 to 7.0 (PyTorch 8.0).
+//!
+//! A tile of [`OUTPUTS`] output channels by [`POSITIONS`] positions of a
+//! row is summed in registers straight from a zero-padded copy of each
+//! image, like a GEMM microkernel whose other operand is the input
+//! itself: for each input channel and tap it loads the tile's weights as
+//! two vectors and multiplies them by each position's input value, at
+//! offsets known when the kernel is compiled. On stride-1 planes 4 wide
+//! (two rows a tile) it was slower than im2col (256 channels: 3.3 against
+//! 2.7 ms), and on planes 16 wide level with [`super::direct`]'s kernel,
+//! which keeps them.
 #![allow(unsafe_code)]
 
 use rayon::prelude::*;
@@ -28,7 +34,7 @@ const LANES: usize = 16;
 /// Output channels per tile: two vectors.
 pub(super) const OUTPUTS: usize = 2 * LANES;
 
-/// Positions per tile: a row.
+/// Positions per tile: a row of them, or part of one.
 const POSITIONS: usize = 8;
 
 /// Whether the f32 convolution `g` takes this path.
@@ -36,13 +42,9 @@ pub fn applies(g: &Geometry) -> bool {
     let c = g.cfg;
     has_avx512()
         && c.groups == 1
-        && c.stride == 1
+        && matches!(c.stride, 1 | 2)
         && c.dilation == 1
-        && c.padding == 1
-        && (g.kh, g.kw) == (3, 3)
-        && (g.ho, g.wo) == (g.h, g.w)
-        && g.w == 8
-        && (g.h * g.w).is_multiple_of(POSITIONS)
+        && (g.wo == POSITIONS || c.stride == 2 && g.wo.is_multiple_of(POSITIONS))
         && g.o.is_multiple_of(OUTPUTS)
 }
 
@@ -58,16 +60,18 @@ struct Kernel {
     offsets: Vec<usize>,
 }
 
-/// `x` (`[n, c, h, w]`) with every plane zero-padded by one on each side.
+/// `x` (`[n, c, h, w]`) with every plane zero-padded by the convolution
+/// `g`'s padding on each side.
 pub(super) fn padded(x: &[f32], g: &Geometry) -> Vec<f32> {
-    let wp = g.w + 2;
-    let plane = wp * (g.h + 2);
+    let pad = g.cfg.padding;
+    let wp = g.w + 2 * pad;
+    let plane = wp * (g.h + 2 * pad);
     let mut xp = vec![0f32; g.n * g.c * plane];
     xp.par_chunks_mut(plane)
         .zip(x.par_chunks(g.h * g.w))
         .for_each(|(dst, src)| {
             for (r, line) in src.chunks(g.w).enumerate() {
-                let at = (r + 1) * wp + 1;
+                let at = (r + pad) * wp + pad;
                 dst[at..at + g.w].copy_from_slice(line);
             }
         });
@@ -80,19 +84,20 @@ pub fn forward(x: &[f32], w: &[f32], g: &Geometry) -> Option<Vec<f32>> {
     if !applies(g) {
         return None;
     }
-    let (wp, hp) = (g.w + 2, g.h + 2);
+    let pad = g.cfg.padding;
+    let (wp, hp, taps) = (g.w + 2 * pad, g.h + 2 * pad, g.kh * g.kw);
     let k = Kernel {
         g: *g,
         wp,
         plane: wp * hp,
-        offsets: (0..g.c * 9)
-            .map(|t| (t / 9) * wp * hp + (t % 9 / 3) * wp + t % 3)
+        offsets: (0..g.c * taps)
+            .map(|t| (t / taps) * wp * hp + (t % taps / g.kw) * wp + t % g.kw)
             .collect(),
     };
     let xp = padded(x, g);
-    // Weights as [o / OUTPUTS, c * 9, OUTPUTS]: a tap's weights for a
-    // tile's output channels are one contiguous run of two vectors.
-    let kk = g.c * 9;
+    // Weights as [o / OUTPUTS, c * kh * kw, OUTPUTS]: a tap's weights for
+    // a tile's output channels are one contiguous run of two vectors.
+    let kk = g.k();
     let mut packed = vec![0f32; g.o * kk];
     packed
         .par_chunks_mut(kk * OUTPUTS)
@@ -108,16 +113,16 @@ pub fn forward(x: &[f32], w: &[f32], g: &Geometry) -> Option<Vec<f32>> {
     // after the other: each block's weights (up to 295 KB at 256
     // channels) are read from cache for all of them.
     let per_task = g.n.div_ceil(2 * super::threads().max(1)).max(1);
-    let mut y = vec![0f32; g.n * g.o * g.h * g.w];
-    y.par_chunks_mut(per_task * g.o * g.h * g.w)
+    let mut y = vec![0f32; g.n * g.o * g.ho * g.wo];
+    y.par_chunks_mut(per_task * g.o * g.ho * g.wo)
         .zip(xp.par_chunks(per_task * g.c * k.plane))
         .for_each(|(y, xs)| {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `applies` checked that the CPU has AVX-512F.
             unsafe {
-                match g.w {
-                    4 => avx512::images::<4>(&k, xs, &packed, y),
-                    _ => avx512::images::<8>(&k, xs, &packed, y),
+                match g.cfg.stride {
+                    1 => avx512::images::<1>(&k, xs, &packed, y),
+                    _ => avx512::images::<2>(&k, xs, &packed, y),
                 }
             }
             #[cfg(not(target_arch = "x86_64"))]
@@ -135,21 +140,22 @@ mod avx512 {
 
     use super::{Kernel, LANES, OUTPUTS, POSITIONS};
 
-    /// The outputs `y` (`[b, o, h, W]`) of `b` images from their padded
-    /// inputs `xs` (`[b, c, h + 2, W + 2]`) and the packed weights `w`.
+    /// The outputs `y` (`[b, o, ho, 8]`) of `b` images from their padded
+    /// inputs `xs` (`[b, c, h + 2, w + 2]`) and the packed weights `w`,
+    /// at stride `S`.
     #[target_feature(enable = "avx512f")]
-    pub(super) fn images<const W: usize>(k: &Kernel, xs: &[f32], w: &[f32], y: &mut [f32]) {
+    pub(super) fn images<const S: usize>(k: &Kernel, xs: &[f32], w: &[f32], y: &mut [f32]) {
         let g = &k.g;
-        let (p, kk) = (g.h * W, g.c * 9);
+        let (p, kk) = (g.ho * g.wo, g.k());
         let image = g.c * k.plane;
         let b = xs.len() / image;
         // Offset of each of a tile's positions from its first, in the
         // padded image.
-        let step: [usize; POSITIONS] = std::array::from_fn(|r| (r / W) * k.wp + r % W);
+        let step: [usize; POSITIONS] = std::array::from_fn(|r| S * r);
         // Every read is at `first + offsets[t] + step[r]` of an image,
         // `first` the padded offset of a tile's first position; the
         // largest lies in the image (checked once here, relied on below).
-        let last_first = (p - POSITIONS) / W * k.wp;
+        let last_first = S * ((g.ho - 1) * k.wp + g.wo - POSITIONS);
         let largest = last_first + k.offsets[kk - 1] + step[POSITIONS - 1];
         assert!(
             largest < image && xs.len() == b * image,
@@ -166,7 +172,7 @@ mod avx512 {
                 let xn = &xs[n * image..][..image];
                 let yn = &mut y[n * g.o * p..][..g.o * p];
                 for q in (0..p).step_by(POSITIONS) {
-                    let first = q / W * k.wp + q % W;
+                    let first = S * (q / g.wo * k.wp + q % g.wo);
                     let mut acc = [[_mm512_setzero_ps(); 2]; POSITIONS];
                     for (t, &offset) in k.offsets.iter().enumerate() {
                         // SAFETY: the panel holds kk * OUTPUTS floats, so
@@ -221,13 +227,18 @@ mod tests {
     /// count that is no multiple of a vector.
     #[test]
     fn forward_and_input_gradient_match_the_definition() {
-        for (xs, ks) in [
-            ([2, 32, 8, 8], [64, 32, 3, 3]),
-            ([3, 32, 3, 8], [32, 32, 3, 3]),
-            ([1, 5, 2, 8], [32, 5, 3, 3]),
+        for (xs, ks, stride, padding) in [
+            ([2, 32, 8, 8], [64, 32, 3, 3], 1, 1),
+            ([3, 32, 3, 8], [32, 32, 3, 3], 1, 1),
+            ([1, 5, 2, 8], [32, 5, 3, 3], 1, 1),
+            ([2, 3, 16, 16], [32, 3, 3, 3], 2, 1),
+            ([1, 2, 5, 15], [64, 2, 3, 3], 2, 1),
+            // A stem: 7x7, padding 3, rows of two tiles.
+            ([2, 3, 9, 32], [32, 3, 7, 7], 2, 3),
         ] {
             let cfg = ConvConfig {
-                padding: 1,
+                padding,
+                stride,
                 ..ConvConfig::default()
             };
             let g = Geometry::conv(&xs, &ks, cfg).unwrap();
@@ -245,7 +256,7 @@ mod tests {
                     "{g:?} forward, element {i}: {a} against {b}"
                 );
             }
-            if g.c.is_multiple_of(OUTPUTS) {
+            if g.c.is_multiple_of(OUTPUTS) && stride == 1 {
                 let dy = noise(y.len(), 3);
                 let dx = direct::input_grad(&w, &dy, &g).expect("the swapped convolution applies");
                 let lhs: f64 = want.iter().zip(&dy).map(|(a, b)| a * *b as f64).sum();

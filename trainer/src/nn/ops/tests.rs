@@ -85,7 +85,7 @@ const fn cfg(stride: usize, padding: usize, dilation: usize, groups: usize) -> C
 /// Shapes the models use (ResNet stem, 3x3 and strided 1x1 blocks) plus
 /// dilation, odd sizes and groups. Square, because Candle's own backward
 /// pads a strided input gradient by one amount for both axes.
-const CONVS: [([usize; 4], [usize; 4], ConvConfig); 17] = [
+const CONVS: [([usize; 4], [usize; 4], ConvConfig); 19] = [
     ([2, 5, 19, 17], [4, 5, 7, 7], cfg(2, 3, 1, 1)),
     ([3, 4, 8, 8], [6, 4, 3, 3], cfg(1, 1, 1, 1)),
     ([2, 4, 9, 9], [8, 4, 3, 3], cfg(2, 1, 1, 1)),
@@ -117,6 +117,10 @@ const CONVS: [([usize; 4], [usize; 4], ConvConfig); 17] = [
     // gradient.
     ([2, 32, 3, 8], [32, 32, 3, 3], cfg(1, 1, 1, 1)),
     ([2, 5, 16, 16], [32, 5, 3, 3], cfg(1, 1, 1, 1)),
+    // And stride 2 down to planes 8 wide (forward and weight gradient),
+    // and a stem's 7x7 at stride 2 (forward).
+    ([2, 3, 15, 15], [32, 3, 3, 3], cfg(2, 1, 1, 1)),
+    ([1, 2, 32, 32], [32, 2, 7, 7], cfg(2, 3, 1, 1)),
 ];
 
 #[test]
