@@ -15,7 +15,7 @@
 //! wide (`narrow`), forward and for the input gradient; stride-2 ones
 //! with output rows of 8, 16, ... forward (`narrow`); and the weight
 //! gradient of 3x3 ones at stride 1 or 2 with output rows 8 or 16 wide
-//! (`narrow_grad`).
+//! and of 7x7 stems (`narrow_grad`).
 //!
 //! A transposed convolution is the input gradient of the convolution
 //! with the same kernel, so it uses the same three kernels with the

@@ -1,21 +1,27 @@
-//! Direct weight gradient of 3x3 convolutions with padding 1, stride 1
-//! or 2, whose output rows are 8 or 16 wide, in f32 on CPUs with
-//! AVX-512, vectorized over output channels (the adjoint of
-//! [`super::narrow`]'s layout).
+//! Direct weight gradient vectorized over output channels, in f32 on
+//! CPUs with AVX-512: 3x3 convolutions with padding 1, stride 1 or 2,
+//! whose output rows are 8 or 16 wide, and 7x7 ones (a stem) whose
+//! output rows are 8, 16, ... wide (the adjoint of [`super::narrow`]'s
+//! layout).
 //!
 //! `dW[o][c][tap] = sum over images and positions q of dy[o][q] *
 //! x[c][q + tap]`: a GEMM whose inner dimension is every position of the
-//! batch. As im2col + GEMM it writes the patch matrix (9x the input) and
-//! packs it again; at 64 channels, 16x16 planes, batch 32 it took 3.8-4.6
-//! ms where PyTorch takes 2.0, and 2.1 ms against 0.66 at 32 channels;
-//! this kernel takes 2.4 and 0.84 (and 2.1 against 3.1 at 128 channels,
-//! 8x8 planes; 1.7 against 3.9 for the stride-2 one from 64 channels at
-//! 16x16 to 128 at 8x8). Here, for a block of [`OUTPUTS`] output channels and one input
-//! channel, the 9 taps' sums stay in registers for the whole batch: per
-//! position it loads the output gradient of the block's channels (two
-//! vectors, from a copy with the channels innermost) and multiplies them
-//! by the 9 input values around the position, read from a zero-padded
-//! copy at offsets known when the kernel is compiled.
+//! batch. As im2col + GEMM it writes the patch matrix (9x the input, 12x
+//! for a 7x7 at stride 2) and packs it again. Measured at batch 32
+//! against that path (and PyTorch): 64 channels at 16x16 2.4 against
+//! 3.8-4.6 ms (2.0), 32 channels at 16x16 0.84 against 2.1 (0.66), 128
+//! channels at 8x8 2.1 against 3.1; the stride-2 convolution from 64
+//! channels at 16x16 to 128 at 8x8 1.7 against 3.9 (1.6); the stem (5 to
+//! 64 channels, 7x7, 64x64 to 32x32) 6.3 against 11-14 (17.8).
+//!
+//! For a block of [`OUTPUTS`] output channels, one input channel and up
+//! to 9 taps (a whole 3x3 kernel, or one row of a 7x7), the taps' sums
+//! stay in registers over a run of images: per position it loads the
+//! output gradient of the block's channels (two vectors, from a copy with
+//! the channels innermost) and multiplies them by the input values under
+//! the taps, read from a zero-padded copy. A task is one block over as
+//! many images as keep its output gradient in a core's cache, and the
+//! tasks' partial sums are added up at the end.
 #![allow(unsafe_code)]
 
 use rayon::prelude::*;
@@ -27,29 +33,33 @@ use super::narrow::{OUTPUTS, padded};
 /// Values in one 512-bit vector of f32.
 const LANES: usize = 16;
 
-/// Taps of a 3x3 kernel.
-const TAPS: usize = 9;
-
 /// Whether the f32 convolution `g`'s weight gradient takes this path.
 pub fn applies(g: &Geometry) -> bool {
     let c = g.cfg;
+    let shape = match (g.kh, g.kw) {
+        (3, 3) => c.padding == 1 && matches!(g.wo, 8 | 16),
+        (7, 7) => g.wo.is_multiple_of(8),
+        _ => false,
+    };
     has_avx512()
         && c.groups == 1
         && matches!(c.stride, 1 | 2)
         && c.dilation == 1
-        && c.padding == 1
-        && (g.kh, g.kw) == (3, 3)
-        && matches!(g.wo, 8 | 16)
+        && shape
         && g.o.is_multiple_of(OUTPUTS)
 }
 
-/// Weight gradient `[o, c, 3, 3]` of the convolution `g` of `x` from its
-/// output gradient `dy`; `None` where [`applies`] is false.
+/// Bytes of a block's output gradient per task: the images of a task are
+/// as many as keep it in a core's cache.
+const TASK_BYTES: usize = 512 << 10;
+
+/// Weight gradient `[o, c, kh, kw]` of the convolution `g` of `x` from
+/// its output gradient `dy`; `None` where [`applies`] is false.
 pub fn weight_grad(x: &[f32], dy: &[f32], g: &Geometry) -> Option<Vec<f32>> {
     if !applies(g) {
         return None;
     }
-    let (p, blocks) = (g.ho * g.wo, g.o / OUTPUTS);
+    let (p, blocks, kk) = (g.ho * g.wo, g.o / OUTPUTS, g.kh * g.kw);
     let np = g.n * p;
     let xp = padded(x, g);
     // dy per block of output channels with the channels innermost:
@@ -67,91 +77,130 @@ pub fn weight_grad(x: &[f32], dy: &[f32], g: &Geometry) -> Option<Vec<f32>> {
                 }
             }
         });
-    // One task per (block, input channel), block-major: a thread's
-    // consecutive tasks read the same block of dy from its cache.
-    let sums: Vec<[f32; TAPS * OUTPUTS]> = (0..blocks * g.c)
+    // One task per (block, run of images): its share of the block's
+    // output gradient stays in cache while every input channel and
+    // kernel row is summed over it. Each task's partial gradient is
+    // `[OUTPUTS, c, kh * kw]`, the block's rows of dW.
+    let per_task = (TASK_BYTES / (p * OUTPUTS * 4)).clamp(1, g.n);
+    let runs = g.n.div_ceil(per_task);
+    let row_len = g.c * kk;
+    let partials: Vec<Vec<f32>> = (0..blocks * runs)
         .into_par_iter()
         .map(|task| {
-            let (ob, c) = (task / g.c, task % g.c);
-            let block = &dyt[ob * np * OUTPUTS..][..np * OUTPUTS];
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `applies` checked that the CPU has AVX-512F.
-            unsafe {
-                match (g.wo, g.cfg.stride) {
-                    (8, 1) => avx512::sums::<8, 1>(g, &xp, block, c),
-                    (8, _) => avx512::sums::<8, 2>(g, &xp, block, c),
-                    (_, 1) => avx512::sums::<16, 1>(g, &xp, block, c),
-                    _ => avx512::sums::<16, 2>(g, &xp, block, c),
+            let (ob, run) = (task / runs, task % runs);
+            let imgs = run * per_task..((run + 1) * per_task).min(g.n);
+            let block = &dyt[(ob * np + imgs.start * p) * OUTPUTS..][..imgs.len() * p * OUTPUTS];
+            let mut part = vec![0f32; OUTPUTS * row_len];
+            let mut sums = [0f32; 9 * OUTPUTS];
+            for c in 0..g.c {
+                // Kernel rows `i0..i0 + rows`: all 9 taps of a 3x3, one
+                // row of a 7x7 (the accumulators one register file holds).
+                let rows = if g.kh == 3 { 3 } else { 1 };
+                for i0 in (0..g.kh).step_by(rows) {
+                    let at = Sums {
+                        g,
+                        xp: &xp,
+                        dyt: block,
+                        imgs: imgs.clone(),
+                        c,
+                        i0,
+                    };
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: `applies` checked that the CPU has AVX-512F.
+                    unsafe {
+                        match (g.kh, g.cfg.stride) {
+                            (3, 1) => avx512::sums::<3, 3, 9, 1>(&at, &mut sums),
+                            (3, _) => avx512::sums::<3, 3, 9, 2>(&at, &mut sums),
+                            (_, 1) => avx512::sums::<1, 7, 7, 1>(&at, &mut sums),
+                            _ => avx512::sums::<1, 7, 7, 2>(&at, &mut sums),
+                        }
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    {
+                        let _ = at;
+                        unreachable!("applies() is false off x86-64");
+                    }
+                    let taps = rows * g.kw;
+                    for oo in 0..OUTPUTS {
+                        let to = &mut part[oo * row_len + c * kk + i0 * g.kw..][..taps];
+                        for (t, v) in to.iter_mut().enumerate() {
+                            *v = sums[t * OUTPUTS + oo];
+                        }
+                    }
                 }
             }
-            #[cfg(not(target_arch = "x86_64"))]
-            {
-                let _ = (block, c);
-                unreachable!("applies() is false off x86-64");
-            }
+            part
         })
         .collect();
-    let mut dw = vec![0f32; g.o * g.c * TAPS];
-    for (task, s) in sums.iter().enumerate() {
-        let (ob, c) = (task / g.c, task % g.c);
-        for oo in 0..OUTPUTS {
-            let kernel = &mut dw[((ob * OUTPUTS + oo) * g.c + c) * TAPS..][..TAPS];
-            for (t, v) in kernel.iter_mut().enumerate() {
-                *v = s[t * OUTPUTS + oo];
-            }
+    let mut dw = vec![0f32; g.o * row_len];
+    for (task, part) in partials.iter().enumerate() {
+        let ob = task / runs;
+        let rows = &mut dw[ob * OUTPUTS * row_len..][..OUTPUTS * row_len];
+        for (d, v) in rows.iter_mut().zip(part) {
+            *d += *v;
         }
     }
     Some(dw)
+}
+
+/// What one call of the kernel sums: kernel rows from `i0` of input
+/// channel `c`, over the images `imgs`, whose block of the output
+/// gradient is `dyt` (`[imgs.len() * ho * wo, OUTPUTS]`); `xp` is the
+/// whole padded input.
+struct Sums<'a> {
+    g: &'a Geometry,
+    xp: &'a [f32],
+    dyt: &'a [f32],
+    imgs: std::ops::Range<usize>,
+    c: usize,
+    i0: usize,
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{Geometry, LANES, OUTPUTS, TAPS};
+    use super::{LANES, OUTPUTS, Sums};
 
-    /// The 9 taps' weight gradients (`[9, OUTPUTS]`) of input channel `c`
-    /// and one block of output channels, from the padded input `xp`
-    /// (`[n, c, h + 2, w + 2]`) and the block's output gradient `dyt`
-    /// (`[n * ho * W, OUTPUTS]`), at stride `S`.
+    /// The weight gradients of `T = R * KW` taps (`R` kernel rows from
+    /// `at.i0`) for one input channel and one block of output channels,
+    /// into `out` (`[T, OUTPUTS]`), at stride `S`.
     #[target_feature(enable = "avx512f")]
-    pub(super) fn sums<const W: usize, const S: usize>(
-        g: &Geometry,
-        xp: &[f32],
-        dyt: &[f32],
-        c: usize,
-    ) -> [f32; TAPS * OUTPUTS] {
-        let (wp, p) = (g.w + 2, g.ho * W);
-        let plane = wp * (g.h + 2);
+    pub(super) fn sums<const R: usize, const KW: usize, const T: usize, const S: usize>(
+        at: &Sums<'_>,
+        out: &mut [f32],
+    ) {
+        let g = at.g;
+        let pad = g.cfg.padding;
+        let (wp, hp, p) = (g.w + 2 * pad, g.h + 2 * pad, g.ho * g.wo);
+        let plane = wp * hp;
         // Offset of each tap's input from the padded offset of the
-        // position's top-left neighbour.
-        let tap: [usize; TAPS] = std::array::from_fn(|t| (t / 3) * wp + t % 3);
-        // The largest read of an image's plane is at S (ho - 1) wp + S (W -
-        // 1) + tap[8], inside the plane; of dyt, at its end (both checked
+        // position's top-left neighbour, kernel row `i0` on.
+        let tap: [usize; T] = std::array::from_fn(|t| (at.i0 + t / KW) * wp + t % KW);
+        // The largest read of a plane is at S (ho - 1) wp + S (wo - 1) +
+        // tap[T - 1], inside the plane; of dyt, at its end (both checked
         // here, relied on below).
         assert!(
-            S * (g.ho - 1) + 2 < g.h + 2 && S * (W - 1) + 2 < wp,
+            R * KW == T && at.i0 + R <= g.kh && KW == g.kw,
+            "narrow_grad: taps"
+        );
+        assert!(
+            S * (g.ho - 1) + g.kh <= hp && S * (g.wo - 1) + g.kw <= wp,
             "narrow_grad: plane"
         );
-        assert!(
-            xp.len() == g.n * g.c * plane && c < g.c,
-            "narrow_grad: input"
-        );
-        assert!(
-            dyt.len() == g.n * p * OUTPUTS,
-            "narrow_grad: output gradient"
-        );
-        let mut acc = [[_mm512_setzero_ps(); 2]; TAPS];
-        for n in 0..g.n {
-            let x = &xp[(n * g.c + c) * plane..][..plane];
-            let d = &dyt[n * p * OUTPUTS..][..p * OUTPUTS];
+        let images = at.imgs.len();
+        assert!(at.xp.len() == g.n * g.c * plane && at.c < g.c && at.imgs.end <= g.n);
+        assert!(at.dyt.len() == images * p * OUTPUTS && out.len() >= T * OUTPUTS);
+        let mut acc = [[_mm512_setzero_ps(); 2]; T];
+        for (slot, n) in at.imgs.clone().enumerate() {
+            let x = &at.xp[(n * g.c + at.c) * plane..][..plane];
+            let d = &at.dyt[slot * p * OUTPUTS..][..p * OUTPUTS];
             for r in 0..g.ho {
-                for col in 0..W {
+                for col in 0..g.wo {
                     // SAFETY: the position's gradient is two vectors inside
-                    // `d` ((r * W + col + 1) * OUTPUTS <= p * OUTPUTS); its
-                    // inputs are at most plane - 1 into `x` (see above).
+                    // `d`; its inputs lie inside `x` (see above).
                     unsafe {
-                        let dv = d.as_ptr().add((r * W + col) * OUTPUTS);
+                        let dv = d.as_ptr().add((r * g.wo + col) * OUTPUTS);
                         let (d0, d1) = (_mm512_loadu_ps(dv), _mm512_loadu_ps(dv.add(LANES)));
                         let xs = x.as_ptr().add(S * (r * wp + col));
                         for (a, off) in acc.iter_mut().zip(tap) {
@@ -163,7 +212,6 @@ mod avx512 {
                 }
             }
         }
-        let mut out = [0f32; TAPS * OUTPUTS];
         for (t, a) in acc.iter().enumerate() {
             for (half, v) in a.iter().enumerate() {
                 let to = &mut out[t * OUTPUTS + half * LANES..][..LANES];
@@ -171,7 +219,6 @@ mod avx512 {
                 unsafe { _mm512_storeu_ps(to.as_mut_ptr(), *v) };
             }
         }
-        out
     }
 }
 
@@ -191,14 +238,16 @@ mod tests {
     /// channels and odd channel counts.
     #[test]
     fn weight_gradient_matches_the_definition() {
-        for (xs, ks, stride) in [
-            ([2, 3, 5, 8], [64, 3, 3, 3], 1),
-            ([3, 2, 16, 16], [32, 2, 3, 3], 1),
-            ([2, 3, 7, 16], [32, 3, 3, 3], 2),
-            ([1, 2, 9, 31], [64, 2, 3, 3], 2),
+        for (xs, ks, stride, padding) in [
+            ([2, 3, 5, 8], [64, 3, 3, 3], 1, 1),
+            ([3, 2, 16, 16], [32, 2, 3, 3], 1, 1),
+            ([2, 3, 7, 16], [32, 3, 3, 3], 2, 1),
+            ([1, 2, 9, 31], [64, 2, 3, 3], 2, 1),
+            // A stem: 7x7, padding 3, stride 2, rows of 16.
+            ([3, 2, 6, 32], [32, 2, 7, 7], 2, 3),
         ] {
             let cfg = ConvConfig {
-                padding: 1,
+                padding,
                 stride,
                 ..ConvConfig::default()
             };
@@ -209,14 +258,17 @@ mod tests {
                 continue;
             };
             for (at, got) in dw.iter().enumerate() {
-                let (o, c, i, j) = (at / (g.c * 9), at / 9 % g.c, at / 3 % 3, at % 3);
+                let kk = g.kh * g.kw;
+                let (o, c, i, j) = (at / (g.c * kk), at / kk % g.c, at / g.kw % g.kh, at % g.kw);
                 let mut want = 0.0;
                 for n in 0..g.n {
                     for r in 0..g.ho {
                         for col in 0..g.wo {
-                            let s = g.cfg.stride;
-                            let (ih, iw) =
-                                ((s * r + i).wrapping_sub(1), (s * col + j).wrapping_sub(1));
+                            let (s, pad) = (g.cfg.stride, g.cfg.padding);
+                            let (ih, iw) = (
+                                (s * r + i).wrapping_sub(pad),
+                                (s * col + j).wrapping_sub(pad),
+                            );
                             if ih < g.h && iw < g.w {
                                 let xv = x[((n * g.c + c) * g.h + ih) * g.w + iw] as f64;
                                 want += xv * dy[((n * g.o + o) * g.ho + r) * g.wo + col] as f64;

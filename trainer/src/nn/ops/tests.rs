@@ -118,7 +118,7 @@ const CONVS: [([usize; 4], [usize; 4], ConvConfig); 19] = [
     ([2, 32, 3, 8], [32, 32, 3, 3], cfg(1, 1, 1, 1)),
     ([2, 5, 16, 16], [32, 5, 3, 3], cfg(1, 1, 1, 1)),
     // And stride 2 down to planes 8 wide (forward and weight gradient),
-    // and a stem's 7x7 at stride 2 (forward).
+    // and a stem's 7x7 at stride 2 (forward and weight gradient).
     ([2, 3, 15, 15], [32, 3, 3, 3], cfg(2, 1, 1, 1)),
     ([1, 2, 32, 32], [32, 2, 7, 7], cfg(2, 3, 1, 1)),
 ];
