@@ -14,8 +14,8 @@
 //! with up to 128 output channels (`direct`) and 3x3 ones of planes 8
 //! wide (`narrow`), forward and for the input gradient; stride-2 ones
 //! with output rows of 8, 16, ... forward (`narrow`); and the weight
-//! gradient of 3x3 ones at stride 1 or 2 with output rows 8 or 16 wide
-//! and of 7x7 stems (`narrow_grad`).
+//! gradient of 3x3 ones at stride 1 or 2 with output rows 4, 8 or 16
+//! wide and of 7x7 stems (`narrow_grad`).
 //!
 //! A transposed convolution is the input gradient of the convolution
 //! with the same kernel, so it uses the same three kernels with the

@@ -1,6 +1,6 @@
 //! Direct weight gradient vectorized over output channels, in f32 on
 //! CPUs with AVX-512: 3x3 convolutions with padding 1, stride 1 or 2,
-//! whose output rows are 8 or 16 wide, and 7x7 ones (a stem) whose
+//! whose output rows are 4, 8 or 16 wide, and 7x7 ones (a stem) whose
 //! output rows are 8, 16, ... wide (the adjoint of [`super::narrow`]'s
 //! layout).
 //!
@@ -12,7 +12,9 @@
 //! 3.8-4.6 ms (2.0), 32 channels at 16x16 0.84 against 2.1 (0.66), 128
 //! channels at 8x8 2.1 against 3.1; the stride-2 convolution from 64
 //! channels at 16x16 to 128 at 8x8 1.7 against 3.9 (1.6); the stem (5 to
-//! 64 channels, 7x7, 64x64 to 32x32) 6.3 against 11-14 (17.8).
+//! 64 channels, 7x7, 64x64 to 32x32) 6.3 against 11-14 (17.8); 128
+//! channels at 4x4 0.70 against 1.0 (0.68), level at 256 channels. On
+//! rows 2 wide it was slower (512 channels: 4.2 against 2.7 ms).
 //!
 //! For a block of [`OUTPUTS`] output channels, one input channel and up
 //! to 9 taps (a whole 3x3 kernel, or one row of a 7x7), the taps' sums
@@ -37,7 +39,7 @@ const LANES: usize = 16;
 pub fn applies(g: &Geometry) -> bool {
     let c = g.cfg;
     let shape = match (g.kh, g.kw) {
-        (3, 3) => c.padding == 1 && matches!(g.wo, 8 | 16),
+        (3, 3) => c.padding == 1 && matches!(g.wo, 4 | 8 | 16),
         (7, 7) => g.wo.is_multiple_of(8),
         _ => false,
     };
@@ -233,9 +235,9 @@ mod tests {
             .collect()
     }
 
-    /// The weight gradient equals its definition on both output widths
-    /// and strides (an odd input width too), several blocks of output
-    /// channels and odd channel counts.
+    /// The weight gradient equals its definition on every output width
+    /// and stride (an odd input width too), several blocks of output
+    /// channels, odd channel counts and a 7x7 stem.
     #[test]
     fn weight_gradient_matches_the_definition() {
         for (xs, ks, stride, padding) in [
@@ -243,6 +245,8 @@ mod tests {
             ([3, 2, 16, 16], [32, 2, 3, 3], 1, 1),
             ([2, 3, 7, 16], [32, 3, 3, 3], 2, 1),
             ([1, 2, 9, 31], [64, 2, 3, 3], 2, 1),
+            ([2, 3, 4, 4], [32, 3, 3, 3], 1, 1),
+            ([1, 2, 8, 7], [32, 2, 3, 3], 2, 1),
             // A stem: 7x7, padding 3, stride 2, rows of 16.
             ([3, 2, 6, 32], [32, 2, 7, 7], 2, 3),
         ] {
