@@ -181,22 +181,19 @@ fn backward_in_chunks<T: Scratch + Direct>(
     g: &Geometry,
     b: usize,
 ) -> (Vec<T>, Vec<T>) {
-    if let Some(x) = x
-        && let Some(dw) = T::direct_weight_grad(x, dy, g)
-    {
-        let dx = match w {
-            Some(_) => backward_in_chunks(None, w, dy, g, b).1,
-            None => Vec::new(),
-        };
-        return (dw, dx);
-    }
-    if let Some(w) = w
-        && let Some(dx) = direct::input_grad(w, dy, g)
-    {
-        let dw = match x {
+    // Where a direct kernel takes one gradient, the other (if wanted)
+    // goes its own way.
+    let direct_dw = x.and_then(|x| T::direct_weight_grad(x, dy, g));
+    let direct_dx = w.and_then(|w| direct::input_grad(w, dy, g));
+    if direct_dw.is_some() || direct_dx.is_some() {
+        let dw = direct_dw.unwrap_or_else(|| match x {
             Some(_) => backward_in_chunks(x, None, dy, g, b).0,
             None => Vec::new(),
-        };
+        });
+        let dx = direct_dx.unwrap_or_else(|| match w {
+            Some(_) => backward_in_chunks(None, w, dy, g, b).1,
+            None => Vec::new(),
+        });
         return (dw, dx);
     }
     if shifted::applies(g) {

@@ -322,7 +322,24 @@ pub(super) mod tests {
         y
     }
 
-    fn noise(len: usize, seed: usize) -> Vec<f32> {
+    /// The convolution of `x` (shape `xs`) by a kernel of shape `ks` at
+    /// `stride` with `padding`, one group.
+    pub(in crate::nn::ops) fn geometry(
+        xs: [usize; 4],
+        ks: [usize; 4],
+        stride: usize,
+        padding: usize,
+    ) -> Geometry {
+        let cfg = ConvConfig {
+            stride,
+            padding,
+            ..ConvConfig::default()
+        };
+        Geometry::conv(&xs, &ks, cfg).expect("a valid test shape")
+    }
+
+    /// Deterministic values in [-1, 1).
+    pub(in crate::nn::ops) fn noise(len: usize, seed: usize) -> Vec<f32> {
         (0..len)
             .map(|i| ((i * 7919 + seed * 104729) % 1009) as f32 / 504.5 - 1.0)
             .collect()

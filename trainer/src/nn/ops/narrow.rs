@@ -212,14 +212,8 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::ops::ConvConfig;
     use crate::nn::ops::direct;
-
-    fn noise(len: usize, seed: usize) -> Vec<f32> {
-        (0..len)
-            .map(|i| ((i * 7919 + seed * 104729) % 1009) as f32 / 504.5 - 1.0)
-            .collect()
-    }
+    use crate::nn::ops::direct::tests::{geometry, noise};
 
     /// Forward and input gradient equal the definition (the input
     /// gradient through `<conv(x), dy> = <x, dx>`), on both plane widths,
@@ -236,12 +230,7 @@ mod tests {
             // A stem: 7x7, padding 3, rows of two tiles.
             ([2, 3, 9, 32], [32, 3, 7, 7], 2, 3),
         ] {
-            let cfg = ConvConfig {
-                padding,
-                stride,
-                ..ConvConfig::default()
-            };
-            let g = Geometry::conv(&xs, &ks, cfg).unwrap();
+            let g = geometry(xs, ks, stride, padding);
             // Without AVX-512 nothing takes the path (asserted), so there is
             // nothing else to check.
             assert_eq!(applies(&g), has_avx512(), "{g:?}");

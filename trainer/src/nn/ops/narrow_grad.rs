@@ -227,13 +227,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::ops::ConvConfig;
-
-    fn noise(len: usize, seed: usize) -> Vec<f32> {
-        (0..len)
-            .map(|i| ((i * 7919 + seed * 104729) % 1009) as f32 / 504.5 - 1.0)
-            .collect()
-    }
+    use crate::nn::ops::direct::tests::{geometry, noise};
 
     /// The weight gradient equals its definition on every output width
     /// and stride (an odd input width too), several blocks of output
@@ -250,12 +244,7 @@ mod tests {
             // A stem: 7x7, padding 3, stride 2, rows of 16.
             ([3, 2, 6, 32], [32, 2, 7, 7], 2, 3),
         ] {
-            let cfg = ConvConfig {
-                padding,
-                stride,
-                ..ConvConfig::default()
-            };
-            let g = Geometry::conv(&xs, &ks, cfg).unwrap();
+            let g = geometry(xs, ks, stride, padding);
             assert_eq!(applies(&g), has_avx512(), "{g:?}");
             let (x, dy) = (noise(g.input_len(), 1), noise(g.n * g.o * g.p(), 2));
             let Some(dw) = weight_grad(&x, &dy, &g) else {
