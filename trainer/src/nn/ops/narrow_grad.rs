@@ -49,6 +49,8 @@ pub fn applies(g: &Geometry) -> bool {
         && c.dilation == 1
         && shape
         && g.o.is_multiple_of(OUTPUTS)
+        // Empty tensors take the general path, which allows for them.
+        && g.n * g.c * g.o > 0
 }
 
 /// Bytes of a block's output gradient per task: the images of a task are
@@ -228,6 +230,15 @@ mod avx512 {
 mod tests {
     use super::*;
     use crate::nn::ops::direct::tests::{geometry, noise};
+
+    /// Empty batches and channel counts leave the path to the general one.
+    #[test]
+    fn empty_tensors_are_not_taken() {
+        for (xs, ks) in [([0, 3, 8, 8], [32, 3, 3, 3]), ([2, 3, 8, 8], [0, 3, 3, 3])] {
+            let g = geometry(xs, ks, 1, 1);
+            assert!(!applies(&g) && !super::super::narrow::applies(&g), "{g:?}");
+        }
+    }
 
     /// The weight gradient equals its definition on every output width
     /// and stride (an odd input width too), several blocks of output
