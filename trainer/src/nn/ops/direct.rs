@@ -102,6 +102,43 @@ struct Kernel {
     plane: usize,
 }
 
+/// `x` (`[n, c, h, w]`) with every plane zero-padded by the convolution
+/// `g`'s padding on each side.
+pub(super) fn padded(x: &[f32], g: &Geometry) -> Vec<f32> {
+    let pad = g.cfg.padding;
+    let wp = g.w + 2 * pad;
+    let plane = wp * (g.h + 2 * pad);
+    let mut xp = vec![0f32; g.n * g.c * plane];
+    xp.par_chunks_mut(plane)
+        .zip(x.par_chunks(g.h * g.w))
+        .for_each(|(dst, src)| {
+            for (r, line) in src.chunks(g.w).enumerate() {
+                let at = (r + pad) * wp + pad;
+                dst[at..at + g.w].copy_from_slice(line);
+            }
+        });
+    xp
+}
+
+/// The kernel `w` (`[o, k]`, `k = c * kh * kw` of the convolution `g`) as
+/// `[o / block, k, block]`, zero past `o`: a tap's weights for a tile of
+/// `block` output channels are one contiguous run.
+pub(super) fn packed(w: &[f32], g: &Geometry, block: usize) -> Vec<f32> {
+    let kk = g.k();
+    let mut packed = vec![0f32; g.o.div_ceil(block) * kk * block];
+    packed
+        .par_chunks_mut((kk * block).max(1))
+        .zip(w.par_chunks((kk * block).max(1)))
+        .for_each(|(panel, rows)| {
+            for (oo, row) in rows.chunks(kk).enumerate() {
+                for (t, v) in row.iter().enumerate() {
+                    panel[t * block + oo] = *v;
+                }
+            }
+        });
+    packed
+}
+
 /// `[n, o, h, w]` output of the convolution `g` of `x` by `w`; `None`
 /// where [`applies`] is false.
 pub fn forward(x: &[f32], w: &[f32], g: &Geometry) -> Option<Vec<f32>> {
@@ -115,24 +152,8 @@ pub fn forward(x: &[f32], w: &[f32], g: &Geometry) -> Option<Vec<f32>> {
         wp,
         plane: wp * (g.h + 2 * pad),
     };
-    let mut xp = vec![0f32; g.n * g.c * k.plane];
-    xp.par_chunks_mut(k.plane)
-        .zip(x.par_chunks(g.h * g.w))
-        .for_each(|(dst, src)| {
-            for (r, line) in src.chunks(g.w).enumerate() {
-                let at = (r + pad) * wp + pad;
-                dst[at..at + g.w].copy_from_slice(line);
-            }
-        });
-    // Weights as [o / OUTPUTS, c * kh * kw, OUTPUTS] (zero past `o`): a
-    // tap's weights for a tile's output channels are one contiguous run.
-    let kk = g.c * g.kh * g.kw;
-    let mut packed = vec![0f32; g.o.div_ceil(OUTPUTS) * kk * OUTPUTS];
-    for (o, row) in w.chunks(kk).enumerate() {
-        for (t, v) in row.iter().enumerate() {
-            packed[((o / OUTPUTS) * kk + t) * OUTPUTS + o % OUTPUTS] = *v;
-        }
-    }
+    let xp = padded(x, g);
+    let packed = packed(w, g, OUTPUTS);
     let mut y = vec![0f32; g.n * g.o * g.h * g.w];
     let image_len = g.o * g.h * g.w;
     y.par_chunks_mut(image_len).enumerate().for_each(|(n, y)| {

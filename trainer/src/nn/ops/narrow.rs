@@ -25,7 +25,7 @@
 
 use rayon::prelude::*;
 
-use super::direct::has_avx512;
+use super::direct::{has_avx512, packed, padded};
 use super::im2col::Geometry;
 
 /// Values in one 512-bit vector of f32.
@@ -62,25 +62,7 @@ struct Kernel {
     offsets: Vec<usize>,
 }
 
-/// `x` (`[n, c, h, w]`) with every plane zero-padded by the convolution
-/// `g`'s padding on each side.
-pub(super) fn padded(x: &[f32], g: &Geometry) -> Vec<f32> {
-    let pad = g.cfg.padding;
-    let wp = g.w + 2 * pad;
-    let plane = wp * (g.h + 2 * pad);
-    let mut xp = vec![0f32; g.n * g.c * plane];
-    xp.par_chunks_mut(plane)
-        .zip(x.par_chunks(g.h * g.w))
-        .for_each(|(dst, src)| {
-            for (r, line) in src.chunks(g.w).enumerate() {
-                let at = (r + pad) * wp + pad;
-                dst[at..at + g.w].copy_from_slice(line);
-            }
-        });
-    xp
-}
-
-/// `[n, o, h, w]` output of the convolution `g` of `x` by `w`; `None`
+/// `[n, o, ho, wo]` output of the convolution `g` of `x` by `w`; `None`
 /// where [`applies`] is false.
 pub fn forward(x: &[f32], w: &[f32], g: &Geometry) -> Option<Vec<f32>> {
     if !applies(g) {
@@ -97,20 +79,8 @@ pub fn forward(x: &[f32], w: &[f32], g: &Geometry) -> Option<Vec<f32>> {
             .collect(),
     };
     let xp = padded(x, g);
-    // Weights as [o / OUTPUTS, c * kh * kw, OUTPUTS]: a tap's weights for
-    // a tile's output channels are one contiguous run of two vectors.
-    let kk = g.k();
-    let mut packed = vec![0f32; g.o * kk];
-    packed
-        .par_chunks_mut(kk * OUTPUTS)
-        .zip(w.par_chunks(kk * OUTPUTS))
-        .for_each(|(panel, rows)| {
-            for (oo, row) in rows.chunks(kk).enumerate() {
-                for (t, v) in row.iter().enumerate() {
-                    panel[t * OUTPUTS + oo] = *v;
-                }
-            }
-        });
+    // A tap's weights for a tile's output channels: two vectors.
+    let packed = packed(w, g, OUTPUTS);
     // A few images per task, every output tile of one block of channels
     // after the other: each block's weights (up to 295 KB at 256
     // channels) are read from cache for all of them.
@@ -142,9 +112,9 @@ mod avx512 {
 
     use super::{Kernel, LANES, OUTPUTS, POSITIONS};
 
-    /// The outputs `y` (`[b, o, ho, 8]`) of `b` images from their padded
-    /// inputs `xs` (`[b, c, h + 2, w + 2]`) and the packed weights `w`,
-    /// at stride `S`.
+    /// The outputs `y` (`[b, o, ho, wo]`) of `b` images from their padded
+    /// inputs `xs` (`[b, c, hp, wp]`) and the packed weights `w`, at
+    /// stride `S`.
     #[target_feature(enable = "avx512f")]
     pub(super) fn images<const S: usize>(k: &Kernel, xs: &[f32], w: &[f32], y: &mut [f32]) {
         let g = &k.g;

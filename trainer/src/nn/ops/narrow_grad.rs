@@ -29,8 +29,9 @@
 use rayon::prelude::*;
 
 use super::direct::has_avx512;
+use super::direct::padded;
 use super::im2col::Geometry;
-use super::narrow::{OUTPUTS, padded};
+use super::narrow::OUTPUTS;
 
 /// Values in one 512-bit vector of f32.
 const LANES: usize = 16;
